@@ -1,0 +1,8 @@
+using System.CommandLine;
+using Ecmt.Cli;
+
+var root = new RootCommand("ecmt: convert Vision Transformers to spiking networks (ECMT), simulate and serve them.")
+{
+    TrainCommand.Create(),
+};
+return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,64 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Ecmt.Engine.Data;
+using Ecmt.Engine.Model;
+using Ecmt.Torch;
+
+namespace Ecmt.Cli;
+
+static class TrainCommand
+{
+    public static Command Create()
+    {
+        var output = new Option<string>("--output") { Description = "Folder to write config.json, model.safetensors and train.json to", DefaultValueFactory = _ => "models/fmnist-vit" };
+        var epochs = new Option<int>("--epochs") { Description = "Training epochs", DefaultValueFactory = _ => 30 };
+        var dim = new Option<int>("--dim") { Description = "Embedding dimension D", DefaultValueFactory = _ => 64 };
+        var depth = new Option<int>("--depth") { Description = "Number of blocks", DefaultValueFactory = _ => 6 };
+        var heads = new Option<int>("--heads") { Description = "Attention heads H", DefaultValueFactory = _ => 4 };
+        var mlpRatio = new Option<double>("--mlp-ratio") { Description = "MLP hidden size over D", DefaultValueFactory = _ => 4 };
+        var patch = new Option<int>("--patch") { Description = "Patch size in pixels", DefaultValueFactory = _ => 4 };
+        var batch = new Option<int>("--batch") { Description = "Batch size", DefaultValueFactory = _ => 128 };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW)", DefaultValueFactory = _ => 1e-3 };
+        var seed = new Option<int>("--seed") { Description = "Random seed", DefaultValueFactory = _ => 1 };
+        var limit = new Option<int?>("--limit") { Description = "Train on the first N training images only" };
+        var command = new Command("train", "Train a small ViT on Fashion-MNIST (libtorch, CPU); 5,000 training images are held out, the test set is never used.")
+        {
+            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit,
+        };
+        command.SetAction(parse =>
+        {
+            var config = FashionMnist.SmallVit(parse.GetValue(dim), parse.GetValue(depth), parse.GetValue(heads), parse.GetValue(mlpRatio), parse.GetValue(patch));
+            config.Validate();
+            var options = new TrainOptions
+            {
+                Epochs = parse.GetValue(epochs), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(lr),
+                Seed = parse.GetValue(seed), Limit = parse.GetValue(limit),
+            };
+            var train = FashionMnist.Load(Split.Train);
+            var holdout = FashionMnist.Load(Split.Holdout);
+            var clock = Stopwatch.StartNew();
+            var epochsLog = new List<EpochReport>();
+            var weights = Trainer.Train(config, train, holdout, options, report =>
+            {
+                epochsLog.Add(report);
+                Console.Error.WriteLine($"epoch {report.Epoch,3}/{options.Epochs}  loss {report.Loss:F4}  holdout top-1 {report.HoldoutTop1:P2}  {report.Seconds:F0} s");
+            });
+            string dir = parse.GetValue(output)!;
+            ModelDirectory.Save(dir, weights, metadata: new Dictionary<string, string> { ["format"] = "pt", ["producer"] = "ecmt train" });
+            var log = new
+            {
+                command = "dotnet run --project src/Cli -c Release -- " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
+                options,
+                seconds = Math.Round(clock.Elapsed.TotalSeconds),
+                threads = Environment.ProcessorCount,
+                holdout_top1 = epochsLog[^1].HoldoutTop1,
+                epochs = epochsLog,
+            };
+            File.WriteAllText(Path.Combine(dir, "train.json"), JsonSerializer.Serialize(log, VitConfig.Json) + "\n");
+            Console.WriteLine(JsonSerializer.Serialize(new { model = dir, holdout_top1 = epochsLog[^1].HoldoutTop1, seconds = log.seconds }));
+            return 0;
+        });
+        return command;
+    }
+}
