@@ -4,5 +4,6 @@ using Ecmt.Cli;
 var root = new RootCommand("ecmt: convert Vision Transformers to spiking networks (ECMT), simulate and serve them.")
 {
     TrainCommand.Create(),
+    EvalCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -13,6 +13,10 @@ public enum Split
     Holdout,
     /// <summary>The 10,000 test images: evaluation only.</summary>
     Test,
+    /// <summary>The first half of <see cref="Holdout"/>: threshold calibration.</summary>
+    Calibration,
+    /// <summary>The second half of <see cref="Holdout"/>: choosing conversion settings.</summary>
+    Validation,
 }
 
 /// <summary>A set of 8-bit images with labels: pixels (count, C, H, W) bytes.</summary>
@@ -90,6 +94,8 @@ public static class FashionMnist
         {
             Split.Train => set.Slice(0, TrainFileCount - HoldoutCount),
             Split.Holdout => set.Slice(TrainFileCount - HoldoutCount, HoldoutCount),
+            Split.Calibration => set.Slice(TrainFileCount - HoldoutCount, HoldoutCount / 2),
+            Split.Validation => set.Slice(TrainFileCount - HoldoutCount / 2, HoldoutCount / 2),
             _ => set,
         };
     }

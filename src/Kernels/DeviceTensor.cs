@@ -1,0 +1,44 @@
+namespace Ecmt.Kernels;
+
+/// <summary>A float tensor in a backend's memory; row-major with the image index first.</summary>
+public abstract class DeviceTensor(int[] shape) : IDisposable
+{
+    public int[] Shape { get; } = shape;
+    public long Length { get; } = shape.Aggregate(1L, (a, b) => a * b);
+    /// <summary>Images in the batch: the first dimension.</summary>
+    public int Images => Shape[0];
+    /// <summary>The last dimension.</summary>
+    public int Columns => Shape[^1];
+    public long Rows => Length / Columns;
+
+    public abstract void Dispose();
+
+    public override string ToString() => $"{GetType().Name}[{string.Join(", ", Shape)}]";
+}
+
+/// <summary>
+/// Spike codes of the MT neurons at one place, one signed byte per neuron (see <see cref="MultiThresholdNeuron"/>),
+/// shaped like the tensor the neurons spike.
+/// </summary>
+public abstract class SpikeTensor(int[] shape, MultiThresholdNeuron neuron) : IDisposable
+{
+    public int[] Shape { get; } = shape;
+    public long Length { get; } = shape.Aggregate(1L, (a, b) => a * b);
+    public int Images => Shape[0];
+    public int Columns => Shape[^1];
+    public long Rows => Length / Columns;
+    public MultiThresholdNeuron Neuron { get; } = neuron;
+
+    public abstract void Dispose();
+}
+
+/// <summary>
+/// Per-image counters a backend adds to during a step, cumulative since they were cleared:
+/// spikes emitted and synaptic operations (ECMT.md section 5).
+/// </summary>
+public abstract class StepCounters(int images) : IDisposable
+{
+    public int Images { get; } = images;
+
+    public abstract void Dispose();
+}

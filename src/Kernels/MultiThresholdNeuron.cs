@@ -1,0 +1,81 @@
+namespace Ecmt.Kernels;
+
+/// <summary>
+/// The multi-threshold (MT) neurons at one place of the network: two-sided, <see cref="Levels"/> levels per side,
+/// base thresholds λp (positive side) and λn (negative side) per group, level ratio 2.
+/// <para>
+/// A spike is one signed byte: 0 for silence, +(k+1) for the positive level k (value +λp·2^k),
+/// −(k+1) for the negative level k (value −λn·2^k). Element i of a tensor belongs to group
+/// (i / <see cref="Inner"/>) mod <see cref="Groups"/>: one group for a per-tensor threshold, one per
+/// channel (Inner = 1, Groups = channels) for per-channel thresholds, and so on.
+/// </para>
+/// </summary>
+public sealed class MultiThresholdNeuron
+{
+    public const int MaxLevels = 24;
+
+    public MultiThresholdNeuron(int levels, float[] lambdaPos, float[] lambdaNeg, int inner = 1)
+    {
+        if (levels is < 1 or > MaxLevels) throw new ArgumentOutOfRangeException(nameof(levels), levels, $"levels must be 1..{MaxLevels}");
+        if (lambdaPos.Length == 0 || lambdaPos.Length != lambdaNeg.Length) throw new ArgumentException("λp and λn need the same, non-zero number of groups");
+        if (lambdaPos.Concat(lambdaNeg).Any(l => !(l > 0) || float.IsInfinity(l))) throw new ArgumentException("thresholds must be positive and finite");
+        ArgumentOutOfRangeException.ThrowIfLessThan(inner, 1);
+        Levels = levels;
+        LambdaPos = lambdaPos;
+        LambdaNeg = lambdaNeg;
+        Inner = inner;
+    }
+
+    /// <summary>One threshold pair for the whole tensor.</summary>
+    public static MultiThresholdNeuron PerTensor(int levels, float lambdaPos, float lambdaNeg) => new(levels, [lambdaPos], [lambdaNeg]);
+
+    public int Levels { get; }
+    /// <summary>λp per group (G).</summary>
+    public float[] LambdaPos { get; }
+    /// <summary>λn per group (G).</summary>
+    public float[] LambdaNeg { get; }
+    public int Inner { get; }
+    public int Groups => LambdaPos.Length;
+
+    public int GroupOf(long index) => (int)(index / Inner % Groups);
+
+    /// <summary>The firing threshold of positive level k: λ·2^k − λ/2 (the half-base offset rounds to nearest).</summary>
+    public static float Threshold(float lambda, int k) => lambda * Pow2(k) - 0.5f * lambda;
+
+    public static float Pow2(int k) => BitConverter.Int32BitsToSingle((127 + k) << 23);
+
+    /// <summary>The value a spike code stands for in group g.</summary>
+    public float Value(sbyte code, int g) => code switch
+    {
+        > 0 => LambdaPos[g] * Pow2(code - 1),
+        < 0 => -LambdaNeg[g] * Pow2(-code - 1),
+        _ => 0f,
+    };
+
+    /// <summary>
+    /// One step of one neuron whose input has already been added to <paramref name="membrane"/>:
+    /// fire the largest level whose threshold the membrane reaches (positive side first), reset by subtraction.
+    /// This is the rule every backend implements.
+    /// </summary>
+    public sbyte Fire(ref float membrane, int g)
+    {
+        float lp = LambdaPos[g], ln = LambdaNeg[g];
+        for (int k = Levels - 1; k >= 0; k--)
+        {
+            if (membrane >= Threshold(lp, k))
+            {
+                membrane -= lp * Pow2(k);
+                return (sbyte)(k + 1);
+            }
+        }
+        for (int k = Levels - 1; k >= 0; k--)
+        {
+            if (membrane <= -Threshold(ln, k))
+            {
+                membrane += ln * Pow2(k);
+                return (sbyte)-(k + 1);
+            }
+        }
+        return 0;
+    }
+}
