@@ -22,9 +22,13 @@ static class TrainCommand
         var lr = new Option<double>("--lr") { Description = "Peak learning rate (AdamW)", DefaultValueFactory = _ => 1e-3 };
         var seed = new Option<int>("--seed") { Description = "Random seed", DefaultValueFactory = _ => 1 };
         var limit = new Option<int?>("--limit") { Description = "Train on the first N training images only" };
+        var warmup = new Option<int>("--warmup") { Description = "Epochs of linear learning-rate warm-up", DefaultValueFactory = _ => 2 };
+        var weightDecay = new Option<double>("--weight-decay") { Description = "AdamW weight decay", DefaultValueFactory = _ => 0.05 };
+        var smoothing = new Option<double>("--label-smoothing") { Description = "Label smoothing", DefaultValueFactory = _ => 0.1 };
+        var shift = new Option<int>("--max-shift") { Description = "Augmentation: random shifts up to this many pixels plus horizontal flips (0: none)", DefaultValueFactory = _ => 2 };
         var command = new Command("train", "Train a small ViT on Fashion-MNIST (libtorch, CPU); 5,000 training images are held out, the test set is never used.")
         {
-            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit,
+            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit, warmup, weightDecay, smoothing, shift,
         };
         command.SetAction(parse =>
         {
@@ -33,7 +37,8 @@ static class TrainCommand
             var options = new TrainOptions
             {
                 Epochs = parse.GetValue(epochs), BatchSize = parse.GetValue(batch), LearningRate = parse.GetValue(lr),
-                Seed = parse.GetValue(seed), Limit = parse.GetValue(limit),
+                Seed = parse.GetValue(seed), Limit = parse.GetValue(limit), WarmupEpochs = parse.GetValue(warmup),
+                WeightDecay = parse.GetValue(weightDecay), LabelSmoothing = parse.GetValue(smoothing), MaxShift = parse.GetValue(shift),
             };
             var train = FashionMnist.Load(Split.Train);
             var holdout = FashionMnist.Load(Split.Holdout);
