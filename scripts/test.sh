@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test: set-up, build, the .NET test projects, then the end-to-end checks that need a running server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+dotnet build Ecmt.sln -c Release --nologo --verbosity quiet
+dotnet test --solution Ecmt.sln -c Release --no-build
