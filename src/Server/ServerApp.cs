@@ -31,6 +31,8 @@ public static class ServerApp
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
         // Later sources win: appsettings.json < environment (Ecmt__Port, …) < command line (with the short switches).
         builder.Configuration.AddCommandLine(args, SwitchMappings.ToDictionary());
+        // An unhealthy check is a state the health service reports (a model loading), not an error to log each time.
+        builder.Logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks.DefaultHealthCheckService", LogLevel.Critical);
         var services = builder.Services;
 
         services.AddOptions<EcmtOptions>().Bind(builder.Configuration.GetSection(EcmtOptions.Section))

@@ -1,5 +1,6 @@
 using Ecmt.Protos.V1;
 using Grpc.Core;
+using System.Net.Sockets;
 using Grpc.Net.Client;
 
 namespace Ecmt.Server.Tests;
@@ -79,12 +80,22 @@ public sealed class CancellationTests
         var model = host.Model(TestModels.Deep);
         var run = model.NextRun();
 
-        // A connection of its own, dropped without cancelling the call.
-        var handler = new SocketsHttpHandler();
+        // A connection of its own whose socket is closed under the call: no cancel, no RST_STREAM, the peer is just gone.
+        Socket? socket = null;
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (context, token) =>
+            {
+                socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                await socket.ConnectAsync(context.DnsEndPoint, token);
+                return new NetworkStream(socket, ownsSocket: true);
+            },
+        };
         var channel = GrpcChannel.ForAddress(host.Address, new GrpcChannelOptions { HttpHandler = handler, DisposeHttpClient = true });
         var call = new Classifier.ClassifierClient(channel).Classify(Requests.Tensor(TestModels.Deep, maxSteps: ManySteps));
         Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None));
-        handler.Dispose();
+        socket!.LingerState = new LingerOption(true, 0);
+        socket.Close();
 
         var summary = await run.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.True(summary.Cancelled);
