@@ -1,6 +1,7 @@
 using Ecmt.Protos.V1;
 using Google.Protobuf;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Ecmt.Server.Tests;
 
@@ -125,7 +126,10 @@ public sealed class BadInputTests : IAsyncLifetime
         Expect(StatusCode.ResourceExhausted, "too many Classify streams", await Classify(Requests.Tensor(TestModels.Tiny, maxSteps: 1)));
 
         cts.Cancel();
-        for (var until = DateTime.UtcNow.AddSeconds(30); model.ActiveSessions > 0 && DateTime.UtcNow < until;) await Task.Delay(10);
+        // The slots free once both handlers have returned (just after their sessions went back to the pool).
+        var limiter = _host.App.Services.GetRequiredService<StreamLimiter>();
+        for (var until = DateTime.UtcNow.AddSeconds(30); limiter.Active > 0 && DateTime.UtcNow < until;) await Task.Delay(10);
+        Assert.Equal(0, limiter.Active);
         Assert.Equal(0, model.ActiveSessions);
         await StillServes();
     }

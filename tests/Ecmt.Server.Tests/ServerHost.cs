@@ -37,9 +37,12 @@ sealed class ServerHost : IAsyncDisposable
 
     public static Task<ServerHost> KestrelAsync(params (string Key, string Value)[] settings) => StartAsync(kestrel: true, settings);
 
-    static async Task<ServerHost> StartAsync(bool kestrel, (string Key, string Value)[] settings)
+    /// <summary>In-process on the shipped default model (no model directory given).</summary>
+    public static Task<ServerHost> DefaultModelAsync() => StartAsync(kestrel: false, [], ["--backend=reference"]);
+
+    static async Task<ServerHost> StartAsync(bool kestrel, (string Key, string Value)[] settings, string[]? args = null)
     {
-        var builder = ServerApp.CreateBuilder([$"--models={TestModels.Root}", "--backend=reference"]);
+        var builder = ServerApp.CreateBuilder(args ?? [$"--models={TestModels.Root}", "--backend=reference"]);
         var overrides = new Dictionary<string, string?>
         {
             ["Ecmt:Address"] = "127.0.0.1",
