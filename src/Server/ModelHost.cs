@@ -22,7 +22,7 @@ public sealed class ModelHost : IHostedService, IDisposable
         _logger = logger;
         var o = options.Value;
         Backend = Backends.Parse(string.IsNullOrWhiteSpace(o.Backend) ? Environment.GetEnvironmentVariable(Backends.EnvironmentVariable) : o.Backend);
-        ModelDirectory = string.IsNullOrWhiteSpace(o.ModelDirectory) ? Engine.Model.ModelDirectory.DefaultModelPath() : o.ModelDirectory;
+        ModelDirectory = string.IsNullOrWhiteSpace(o.ModelDirectory) ? DefaultModelDirectory() : o.ModelDirectory;
         var locations = ModelCatalog.Discover(ModelDirectory, out var skipped);
         foreach (var folder in skipped)
             Log.SkippedUnconverted(logger, folder);
@@ -44,6 +44,20 @@ public sealed class ModelHost : IHostedService, IDisposable
         }
         if (_models.Count == 0)
             throw new InvalidOperationException($"no converted model found in '{ModelDirectory}' (a converted model folder holds config.json, model.safetensors, conversion.json and thresholds.safetensors)");
+    }
+
+    static string DefaultModelDirectory()
+    {
+        try
+        {
+            return Engine.Model.ModelDirectory.DefaultModelPath();
+        }
+        catch (DirectoryNotFoundException)
+        {
+            throw new InvalidOperationException(
+                $"no model directory is configured and the default model models/{Engine.Model.ModelDirectory.DefaultModelName} was not found; "
+                + "set Ecmt:ModelDirectory (--models DIR, or Ecmt__ModelDirectory)");
+        }
     }
 
     public BackendKind Backend { get; }

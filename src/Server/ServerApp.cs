@@ -94,29 +94,24 @@ public static class ServerApp
 
     public static async Task<int> RunAsync(string[] args)
     {
-        WebApplication app;
         try
         {
-            app = Build(CreateBuilder(args));
-        }
-        catch (Exception e) when (e is InvalidOperationException or OptionsValidationException or ArgumentException)
-        {
-            await Console.Error.WriteLineAsync($"ecmt-server: {e.Message}");
-            return 2;
-        }
-        try
-        {
+            await using var app = Build(CreateBuilder(args));
             await app.RunAsync();
             return 0;
         }
-        catch (Exception e) when (e is InvalidOperationException or OptionsValidationException or ArgumentException or IOException
-                                   or Kernels.BackendUnavailableException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException)
+        catch (Exception e) when (IsConfigurationError(e))
         {
             // Configuration mistakes found at startup: say what is wrong, without a stack trace.
             await Console.Error.WriteLineAsync($"ecmt-server: {e.Message}");
             return 2;
         }
     }
+
+    static bool IsConfigurationError(Exception e) =>
+        e is InvalidOperationException or OptionsValidationException or ArgumentException or IOException or UnauthorizedAccessException
+            or Kernels.BackendUnavailableException or System.Security.Cryptography.CryptographicException
+        || (e is AggregateException { InnerExceptions.Count: 1 } a && IsConfigurationError(a.InnerException!));
 
     static EcmtOptions Options(WebApplicationBuilder builder)
     {
