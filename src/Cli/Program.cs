@@ -5,5 +5,7 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
 {
     TrainCommand.Create(),
     EvalCommand.Create(),
+    SamplesCommand.Create(),
+    SamplesCommand.CreateSynthetic(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,73 @@
+using Ecmt.Engine.Simulation;
+
+namespace Ecmt.Engine.Serving;
+
+/// <summary>One class and its probability.</summary>
+public readonly record struct ClassScore(int Index, string Name, float Probability);
+
+/// <summary>
+/// What a client sees after step t of one image: probabilities softmax(accumulated logits / t) (classes), the
+/// cumulative synaptic operations and energy over steps 1..t, the time the step took, and on the last step why
+/// the run ended.
+/// </summary>
+public sealed class StepResult
+{
+    internal StepResult(StepOutput output, IReadOnlyList<string> classNames, double stepMilliseconds)
+    {
+        Step = output.Step;
+        Probabilities = output.Probabilities(0);
+        Prediction = output.Prediction(0);
+        Confidence = Probabilities[Prediction];
+        SynapticOperations = output.Sops[0];
+        EnergyRatio = output.EnergyRatio(0);
+        FiringRate = output.FiringRate(0);
+        StepMilliseconds = stepMilliseconds;
+        _classNames = classNames;
+    }
+
+    readonly IReadOnlyList<string> _classNames;
+
+    public int Step { get; }
+    /// <summary>(classes): softmax of the accumulated logits divided by t.</summary>
+    public float[] Probabilities { get; }
+    /// <summary>argmax of the accumulated logits.</summary>
+    public int Prediction { get; }
+    public float Confidence { get; }
+    public long SynapticOperations { get; }
+    public double EnergyRatio { get; }
+    public double FiringRate { get; }
+    public double StepMilliseconds { get; }
+    public StopReason StopReason { get; internal set; }
+
+    /// <summary>The <paramref name="k"/> most probable classes, best first (ties: lower index first); k is clamped to the class count.</summary>
+    public ClassScore[] Top(int k)
+    {
+        k = Math.Clamp(k, 0, Probabilities.Length);
+        var order = Enumerable.Range(0, Probabilities.Length).ToArray();
+        // The prediction leads even if softmax rounding ties it with another class.
+        Array.Sort(order, (a, b) =>
+            a == b ? 0
+            : a == Prediction ? -1
+            : b == Prediction ? 1
+            : Probabilities[b] != Probabilities[a] ? Probabilities[b].CompareTo(Probabilities[a])
+            : a.CompareTo(b));
+        return order.Take(k).Select(i => new ClassScore(i, _classNames[i], Probabilities[i])).ToArray();
+    }
+}
+
+/// <summary>How one classification went, reported when its session is back in the pool (logs, tests).</summary>
+/// <param name="StepsRun">Time steps the engine ran for this request.</param>
+/// <param name="StepsAfterCancellation">Steps completed after the cancellation signal arrived (at most 1: the step in flight); null when not cancelled.</param>
+public sealed record RunSummary(
+    string Model, int MaxSteps, int StepsRun, StopReason StopReason, bool Cancelled, int? StepsAfterCancellation,
+    TimeSpan Elapsed, Exception? Error)
+{
+    /// <summary>max_steps, confident, stable, cancelled or failed.</summary>
+    public string Outcome => Error is not null ? "failed" : Cancelled ? "cancelled" : StopReason switch
+    {
+        StopReason.Confident => "confident",
+        StopReason.Stable => "stable",
+        StopReason.MaxSteps => "max_steps",
+        _ => "abandoned",
+    };
+}

@@ -1,0 +1,68 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Ecmt.Server;
+
+/// <summary>
+/// The server's settings: section <c>Ecmt</c> of the standard ASP.NET Core configuration (appsettings.json, then
+/// environment variables such as <c>Ecmt__ModelDirectory</c>, then the command line such as
+/// <c>--Ecmt:Port=50051</c> or the short switches of <see cref="ServerApp.SwitchMappings"/>). README.md lists every key.
+/// </summary>
+public sealed class EcmtOptions
+{
+    public const string Section = "Ecmt";
+
+    /// <summary>Folder whose converted models are served (or a converted model's own folder); unset: the shipped default model.</summary>
+    public string? ModelDirectory { get; set; }
+
+    /// <summary>auto, cuda, opencl, cpu, fastcpu or reference; unset: <c>ECMT_BACKEND</c>, else auto.</summary>
+    public string? Backend { get; set; }
+
+    /// <summary>IP address to listen on: 0.0.0.0 (every IPv4 interface), :: or * (every interface), localhost, or an address.</summary>
+    [Required] public string Address { get; set; } = "0.0.0.0";
+
+    /// <summary>gRPC port (HTTP/2; with TLS also HTTP/1.1 through ALPN). 0 picks a free port.</summary>
+    [Range(0, 65535)] public int Port { get; set; } = 50051;
+
+    /// <summary>Plain HTTP/1.1 port for /metrics and /healthz (Prometheus scrapers speak HTTP/1.1). 0: no such listener, the endpoints stay on the gRPC port.</summary>
+    [Range(0, 65535)] public int MetricsPort { get; set; } = 9464;
+
+    /// <summary>Steps run when a request asks for 0.</summary>
+    [Range(1, int.MaxValue)] public int DefaultSteps { get; set; } = 8;
+
+    public TlsOptions Tls { get; set; } = new();
+    public LimitOptions Limits { get; set; } = new();
+    public ShutdownOptions Shutdown { get; set; } = new();
+}
+
+/// <summary>Optional TLS on the gRPC port: PEM certificate and key files, or a PKCS#12 file with its password.</summary>
+public sealed class TlsOptions
+{
+    /// <summary>PEM certificate (chain) or .pfx/.p12 file. Unset: no TLS.</summary>
+    public string? CertificateFile { get; set; }
+    /// <summary>PEM private key; unset when the certificate file holds the key (PEM or PKCS#12).</summary>
+    public string? KeyFile { get; set; }
+    /// <summary>Password of a PKCS#12 file or an encrypted PEM key.</summary>
+    public string? Password { get; set; }
+
+    public bool Enabled => !string.IsNullOrWhiteSpace(CertificateFile);
+}
+
+public sealed class LimitOptions
+{
+    /// <summary>Classify streams running at once, over all models; one more is refused with RESOURCE_EXHAUSTED.</summary>
+    [Range(1, 100_000)] public int MaxConcurrentStreams { get; set; } = 16;
+    /// <summary>Largest request message in bytes; larger ones are refused with RESOURCE_EXHAUSTED.</summary>
+    [Range(1024, int.MaxValue)] public int MaxMessageBytes { get; set; } = 4 * 1024 * 1024;
+    /// <summary>Most time steps a request may ask for; more is OUT_OF_RANGE.</summary>
+    [Range(1, 1_000_000)] public int MaxSteps { get; set; } = 128;
+    /// <summary>Idle spiking sessions kept per model for reuse (each holds one image's state and a backend).</summary>
+    [Range(0, 10_000)] public int PooledSessionsPerModel { get; set; } = 4;
+}
+
+public sealed class ShutdownOptions
+{
+    /// <summary>Seconds between health turning NOT_SERVING and the listeners closing, so load balancers can stop routing here.</summary>
+    [Range(0, 3600)] public double DrainDelaySeconds { get; set; }
+    /// <summary>Seconds in-flight streams get to finish once the listeners close; then they are cancelled.</summary>
+    [Range(0, 3600)] public double TimeoutSeconds { get; set; } = 30;
+}

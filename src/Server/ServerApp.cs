@@ -1,0 +1,165 @@
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+using Ecmt.Engine.Serving;
+using Grpc.AspNetCore.HealthChecks;
+using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+
+namespace Ecmt.Server;
+
+/// <summary>Builds the server: configuration, Kestrel listeners, gRPC services, health, reflection, metrics. Tests build it the same way.</summary>
+public static class ServerApp
+{
+    /// <summary>Short command-line switches for the common keys (the long form --Ecmt:Key=value works for every key).</summary>
+    public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
+    {
+        ["--models"] = "Ecmt:ModelDirectory",
+        ["--backend"] = "Ecmt:Backend",
+        ["--address"] = "Ecmt:Address",
+        ["--port"] = "Ecmt:Port",
+        ["--metrics-port"] = "Ecmt:MetricsPort",
+        ["--tls-cert"] = "Ecmt:Tls:CertificateFile",
+        ["--tls-key"] = "Ecmt:Tls:KeyFile",
+    };
+
+    public static WebApplicationBuilder CreateBuilder(string[] args)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+        // Later sources win: appsettings.json < environment (Ecmt__Port, …) < command line (with the short switches).
+        builder.Configuration.AddCommandLine(args, SwitchMappings.ToDictionary());
+        // An unhealthy check is a state the health service reports (a model loading), not an error to log each time.
+        builder.Logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks.DefaultHealthCheckService", LogLevel.Critical);
+        var services = builder.Services;
+
+        services.AddOptions<EcmtOptions>().Bind(builder.Configuration.GetSection(EcmtOptions.Section))
+            .ValidateDataAnnotations()
+            .Validate(o => o.DefaultSteps <= o.Limits.MaxSteps, "Ecmt:DefaultSteps must not exceed Ecmt:Limits:MaxSteps")
+            .Validate(o => !o.Tls.Enabled || File.Exists(o.Tls.CertificateFile), "Ecmt:Tls:CertificateFile does not exist")
+            .Validate(o => o.Tls.KeyFile is null || File.Exists(o.Tls.KeyFile), "Ecmt:Tls:KeyFile does not exist")
+            .ValidateOnStart();
+        services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(Options(builder).Shutdown.TimeoutSeconds));
+
+        services.AddSingleton(sp => new EngineMetrics(sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>()));
+        services.AddSingleton<ServerMetrics>();
+        services.AddSingleton<ServerLifecycle>();
+        services.AddSingleton<StreamLimiter>();
+        services.AddSingleton<ModelHost>();
+        services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
+
+        services.AddGrpc(o =>
+        {
+            o.MaxReceiveMessageSize = Options(builder).Limits.MaxMessageBytes;
+            o.EnableDetailedErrors = false;
+        });
+        services.AddGrpcReflection();
+        services.AddGrpcHealthChecks();
+        services.AddSingleton<HealthSetup>();
+        services.AddSingleton<IConfigureOptions<HealthCheckServiceOptions>>(sp => sp.GetRequiredService<HealthSetup>());
+        services.AddSingleton<IConfigureOptions<GrpcHealthChecksOptions>>(sp => sp.GetRequiredService<HealthSetup>());
+        services.Configure<HealthCheckPublisherOptions>(o =>
+        {
+            o.Delay = TimeSpan.Zero;
+            o.Period = TimeSpan.FromSeconds(10);
+        });
+        services.AddSingleton<HealthStatusPublisher>();
+        services.AddHostedService(sp => sp.GetRequiredService<HealthStatusPublisher>());
+
+        services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("ecmt-server"))
+            .WithMetrics(m => m
+                .AddMeter(EngineMetrics.MeterName, ServerMetrics.MeterName, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
+                .AddPrometheusExporter());
+
+        builder.WebHost.ConfigureKestrel((context, kestrel) => ConfigureListeners(kestrel, Options(builder)));
+        return builder;
+    }
+
+    public static WebApplication Build(WebApplicationBuilder builder)
+    {
+        var app = builder.Build();
+        app.UseMiddleware<GrpcStatusMiddleware>();
+        app.MapGrpcService<ClassifierService>();
+        app.MapGrpcHealthChecksService();
+        app.MapGrpcReflectionService();
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        // HTTP probes for orchestrators that do not speak gRPC health: live while the process answers, ready as health "".
+        app.MapHealthChecks("/healthz/live", new HealthCheckOptions { Predicate = _ => false });
+        app.MapHealthChecks("/healthz/ready", new HealthCheckOptions { Predicate = r => r.Name == HealthNames.ServerCheck });
+        return app;
+    }
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        try
+        {
+            await using var app = Build(CreateBuilder(args));
+            await app.RunAsync();
+            return 0;
+        }
+        catch (Exception e) when (IsConfigurationError(e))
+        {
+            // Configuration mistakes found at startup: say what is wrong, without a stack trace.
+            await Console.Error.WriteLineAsync($"ecmt-server: {e.Message}");
+            return 2;
+        }
+    }
+
+    static bool IsConfigurationError(Exception e) =>
+        e is InvalidOperationException or OptionsValidationException or ArgumentException or IOException or UnauthorizedAccessException
+            or Kernels.BackendUnavailableException or System.Security.Cryptography.CryptographicException
+        || (e is AggregateException { InnerExceptions.Count: 1 } a && IsConfigurationError(a.InnerException!));
+
+    static EcmtOptions Options(WebApplicationBuilder builder)
+    {
+        var options = new EcmtOptions();
+        builder.Configuration.GetSection(EcmtOptions.Section).Bind(options);
+        return options;
+    }
+
+    static void ConfigureListeners(KestrelServerOptions kestrel, EcmtOptions o)
+    {
+        X509Certificate2? certificate = o.Tls.Enabled ? LoadCertificate(o.Tls) : null;
+        Listen(kestrel, o.Address, o.Port, listen =>
+        {
+            if (certificate is null) listen.Protocols = HttpProtocols.Http2;
+            else
+            {
+                listen.Protocols = HttpProtocols.Http1AndHttp2;
+                listen.UseHttps(certificate);
+            }
+        });
+        if (o.MetricsPort > 0) Listen(kestrel, o.Address, o.MetricsPort, listen => listen.Protocols = HttpProtocols.Http1);
+    }
+
+    static void Listen(KestrelServerOptions kestrel, string address, int port, Action<ListenOptions> configure)
+    {
+        switch (address.Trim())
+        {
+            case "*" or "::" or "[::]":
+                kestrel.ListenAnyIP(port, configure);
+                break;
+            case "localhost":
+                kestrel.ListenLocalhost(port, configure);
+                break;
+            default:
+                if (!IPAddress.TryParse(address.Trim().Trim('[', ']'), out var ip))
+                    throw new InvalidOperationException($"Ecmt:Address '{address}' is not an IP address (use 0.0.0.0, ::, localhost or an address)");
+                kestrel.Listen(ip, port, configure);
+                break;
+        }
+    }
+
+    static X509Certificate2 LoadCertificate(TlsOptions tls)
+    {
+        var path = tls.CertificateFile!;
+        if (path.EndsWith(".pfx", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".p12", StringComparison.OrdinalIgnoreCase))
+            return X509CertificateLoader.LoadPkcs12FromFile(path, tls.Password);
+        return tls.Password is { Length: > 0 } password
+            ? X509Certificate2.CreateFromEncryptedPemFile(path, password, tls.KeyFile)
+            : X509Certificate2.CreateFromPemFile(path, tls.KeyFile);
+    }
+}

@@ -1,0 +1,91 @@
+using Ecmt.Engine.Serving;
+using Ecmt.Protos.V1;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Ecmt.Server.Tests;
+
+/// <summary>
+/// The real server app, built by <see cref="ServerApp"/> exactly as Program does, hosted in-process on a TestServer
+/// or on Kestrel at a free loopback port. Tests choose the reference backend so they pass with or without the others.
+/// </summary>
+sealed class ServerHost : IAsyncDisposable
+{
+    ServerHost(WebApplication app, GrpcChannel channel, Uri address)
+    {
+        App = app;
+        Channel = channel;
+        Address = address;
+        Client = new Classifier.ClassifierClient(channel);
+    }
+
+    public WebApplication App { get; }
+    public GrpcChannel Channel { get; }
+    public Uri Address { get; }
+    public Classifier.ClassifierClient Client { get; }
+    public ModelHost Models => App.Services.GetRequiredService<ModelHost>();
+    public HostedModel Model(string name) => Models.Find(name)!;
+
+    public static Task<ServerHost> InProcessAsync(params (string Key, string Value)[] settings) => StartAsync(kestrel: false, settings);
+
+    public static Task<ServerHost> KestrelAsync(params (string Key, string Value)[] settings) => StartAsync(kestrel: true, settings);
+
+    /// <summary>In-process on the shipped default model (no model directory given).</summary>
+    public static Task<ServerHost> DefaultModelAsync() => StartAsync(kestrel: false, [], ["--backend=reference"]);
+
+    static async Task<ServerHost> StartAsync(bool kestrel, (string Key, string Value)[] settings, string[]? args = null)
+    {
+        var builder = ServerApp.CreateBuilder(args ?? [$"--models={TestModels.Root}", "--backend=reference"]);
+        var overrides = new Dictionary<string, string?>
+        {
+            ["Ecmt:Address"] = "127.0.0.1",
+            ["Ecmt:Port"] = "0",
+            ["Ecmt:MetricsPort"] = "0",
+        };
+        foreach (var (key, value) in settings) overrides[key] = value;
+        builder.Configuration.AddInMemoryCollection(overrides);
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        if (!kestrel) builder.WebHost.UseTestServer();
+        var app = ServerApp.Build(builder);
+        await app.StartAsync();
+
+        GrpcChannel channel;
+        Uri address;
+        if (kestrel)
+        {
+            address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+            channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = null, MaxSendMessageSize = null });
+        }
+        else
+        {
+            var server = app.GetTestServer();
+            address = server.BaseAddress;
+            channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = server.CreateHandler(), MaxSendMessageSize = null });
+        }
+        var host = new ServerHost(app, channel, address);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!host.Models.LoadingFinished)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("models did not load within 60 s");
+            await Task.Delay(10);
+        }
+        return host;
+    }
+
+    /// <summary>An HTTP client for the non-gRPC endpoints (/metrics, /healthz) of an in-process server.</summary>
+    public HttpClient HttpClient() => App.GetTestServer().CreateClient();
+
+    public async ValueTask DisposeAsync()
+    {
+        Channel.Dispose();
+        await App.StopAsync();
+        await App.DisposeAsync();
+    }
+}
