@@ -4,6 +4,8 @@ using Ecmt.Cli;
 var root = new RootCommand("ecmt: convert Vision Transformers to spiking networks (ECMT), simulate and serve them.")
 {
     TrainCommand.Create(),
+    ImportCommand.Create(),
+    ConvertCommand.Create(),
     EvalCommand.Create(),
     SamplesCommand.Create(),
     SamplesCommand.CreateSynthetic(),
