@@ -13,6 +13,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+./scripts/setup.sh
 python=/usr/bin/python3
 steps=12 confidence=0.9
 while (( $# )); do

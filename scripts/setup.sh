@@ -11,8 +11,8 @@ fi
 
 # dataset-fashion-mnist: training and evaluation data (/usr/share/datasets/fashion-mnist)
 # libopenblas0-pthread: the BLAS of the CPU backends
-# python3-grpcio, python3-protobuf, protobuf-compiler-grpc: the Python example client and its CI check
-packages=(dataset-fashion-mnist libopenblas0-pthread python3-grpcio python3-protobuf protobuf-compiler-grpc)
+# python3-grpcio, python3-protobuf, protobuf-compiler, protobuf-compiler-grpc: the Python example client and its CI check
+packages=(dataset-fashion-mnist libopenblas0-pthread python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 dotnet build Ecmt.sln -c Release --nologo --verbosity quiet
 dotnet test --solution Ecmt.sln -c Release --no-build
+./scripts/python-client-test.sh
