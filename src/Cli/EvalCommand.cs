@@ -14,7 +14,8 @@ static class EvalCommand
     public static Command Create()
     {
         var conversion = new ConversionOptions();
-        var limit = new Option<int?>("--limit") { Description = "Evaluate the first N test images only (default all 10,000)" };
+        var limit = new Option<int?>("--limit") { Description = "Evaluate the first N images only (default all 10,000 test images)" };
+        var split = new Option<string>("--split") { Description = "test (the 10,000 test images) or validation (2,500 held-out training images, for choosing settings)", DefaultValueFactory = _ => "test" };
         var steps = new Option<int>("--steps") { Description = "Time steps T of the spiking model (0: the ANN only)", DefaultValueFactory = _ => 8 };
         var batch = new Option<int>("--batch") { Description = "Images simulated together", DefaultValueFactory = _ => 100 };
         var backend = new Option<string>("--backend") { Description = "auto, fastcpu, reference, cuda, opencl or cpu (ILGPU's CPU accelerator)", DefaultValueFactory = _ => "auto" };
@@ -22,12 +23,17 @@ static class EvalCommand
         var workers = new Option<int?>("--workers") { Description = "Batches simulated in parallel (default: one per core on the reference backend, else 1)" };
         var command = new Command("eval", "Evaluate the ANN and its spiking conversion on the Fashion-MNIST test set; prints one JSON object.")
         {
-            limit, steps, batch, backend, stopAt, workers,
+            limit, split, steps, batch, backend, stopAt, workers,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
         {
-            var test = FashionMnist.Load(Split.Test);
+            var test = FashionMnist.Load(parse.GetValue(split) switch
+            {
+                "test" => Split.Test,
+                "validation" => Split.Validation,
+                var other => throw new ArgumentException($"--split must be test or validation, not '{other}'"),
+            });
             if (parse.GetValue(limit) is int n) test = test.Take(n);
             int t = parse.GetValue(steps);
             ArgumentOutOfRangeException.ThrowIfNegative(t, "--steps");
@@ -51,6 +57,7 @@ static class EvalCommand
             using var probe = Backends.Create(kind);
             json["model"] = converted.Name;
             json["samples"] = test.Count;
+            json["split"] = parse.GetValue(split);
             json["ann_top1"] = result.AnnTop1;
             json["steps"] = t;
             json["backend"] = probe.Name;
