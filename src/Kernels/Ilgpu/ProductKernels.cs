@@ -1,0 +1,498 @@
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Algorithms.ScanReduceOperations;
+
+namespace Ecmt.Kernels.Ilgpu;
+
+/// <summary>
+/// A batch of matrix products C[block] (M, N) = X1·Y1 (+ X2·Y2 when <see cref="Dual"/>), K the inner dimension, as
+/// <see cref="ProductKernels.Tiled{TProduct}"/> computes it. A struct implements it: the kernel is instantiated per
+/// struct, so operand access and the epilogue inline (spike codes are decoded while tiles load).
+/// </summary>
+interface ITiledProduct
+{
+    int Blocks { get; }
+    int M { get; }
+    int N { get; }
+    int K { get; }
+    /// <summary>Whether there is a second product X2·Y2 to add (a constant of the struct).</summary>
+    bool Dual { get; }
+    /// <summary>True when Y(k, n) is stored with n contiguous (load tiles along n), false when k is contiguous.</summary>
+    bool YAlongN { get; }
+    /// <summary>Whether this launch does anything (read on the device, the same for every thread).</summary>
+    bool Runs();
+    /// <summary>Called once per launch that runs, by the first thread of the first group.</summary>
+    void Started();
+    float X1(int block, int m, int k);
+    float Y1(int block, int k, int n);
+    float X2(int block, int m, int k);
+    float Y2(int block, int k, int n);
+    void Store(int block, int m, int n, float sum);
+}
+
+/// <summary>
+/// The spike-driven product of one linear layer: output (R, Out) = value(codes (R, In)) · Wᵀ + bias, with the weight
+/// stored transposed, Wt (In, Out), so that one input channel's weights are one contiguous row.
+/// <see cref="Active"/> is the spike count of the codes, written by the Fire that produced them; inputs with at most
+/// <see cref="MaxEventActive"/> spikes take the event-driven path, the others the dense one.
+/// </summary>
+readonly struct SpikeLinearArgs
+{
+    public readonly ArrayView<sbyte> Codes;
+    public readonly NeuronView Neuron;
+    public readonly ArrayView<float> WeightT, Bias, Output;
+    public readonly ArrayView<int> Active;
+    /// <summary>(2): launches that ran, [event-driven, dense]; diagnostics.</summary>
+    public readonly ArrayView<long> Paths;
+    public readonly int Rows, In, Out, MaxEventActive;
+
+    public SpikeLinearArgs(ArrayView<sbyte> codes, NeuronView neuron, ArrayView<float> weightT, ArrayView<float> bias, ArrayView<float> output,
+        ArrayView<int> active, ArrayView<long> paths, int rows, int inFeatures, int outFeatures, int maxEventActive)
+    {
+        Codes = codes;
+        Neuron = neuron;
+        WeightT = weightT;
+        Bias = bias;
+        Output = output;
+        Active = active;
+        Paths = paths;
+        Rows = rows;
+        In = inFeatures;
+        Out = outFeatures;
+        MaxEventActive = maxEventActive;
+    }
+
+    public bool EventDriven => Active[0] <= MaxEventActive;
+}
+
+/// <summary>The dense path of <see cref="SpikeLinearArgs"/>: X1 = spike values (R, In), Y1 = Wt (In, Out).</summary>
+readonly struct DenseSpikeLinear : ITiledProduct
+{
+    readonly SpikeLinearArgs _a;
+
+    public DenseSpikeLinear(SpikeLinearArgs args) => _a = args;
+
+    public int Blocks => 1;
+    public int M => _a.Rows;
+    public int N => _a.Out;
+    public int K => _a.In;
+    public bool Dual => false;
+    public bool YAlongN => true;
+    public bool Runs() => !_a.EventDriven;
+    public void Started() => Atomic.Add(ref _a.Paths[1], 1L);
+    public float X1(int block, int m, int k) => _a.Neuron.Value(_a.Codes[m * _a.In + k], m * _a.In + k);
+    public float Y1(int block, int k, int n) => _a.WeightT[k * _a.Out + n];
+    public float X2(int block, int m, int k) => 0f;
+    public float Y2(int block, int k, int n) => 0f;
+    public void Store(int block, int m, int n, float sum) => _a.Output[m * _a.Out + n] = sum + _a.Bias[n];
+}
+
+/// <summary>A linear layer on floats: output (R, Out) = input (R, In) · Wᵀ + bias (the head).</summary>
+readonly struct FloatLinear : ITiledProduct
+{
+    readonly ArrayView<float> _input, _weightT, _bias, _output;
+    readonly int _rows, _in, _out;
+
+    public FloatLinear(ArrayView<float> input, ArrayView<float> weightT, ArrayView<float> bias, ArrayView<float> output, int rows, int inFeatures, int outFeatures)
+    {
+        _input = input;
+        _weightT = weightT;
+        _bias = bias;
+        _output = output;
+        _rows = rows;
+        _in = inFeatures;
+        _out = outFeatures;
+    }
+
+    public int Blocks => 1;
+    public int M => _rows;
+    public int N => _out;
+    public int K => _in;
+    public bool Dual => false;
+    public bool YAlongN => true;
+    public bool Runs() => true;
+    public void Started() { }
+    public float X1(int block, int m, int k) => _input[m * _in + k];
+    public float Y1(int block, int k, int n) => _weightT[k * _out + n];
+    public float X2(int block, int m, int k) => 0f;
+    public float Y2(int block, int k, int n) => 0f;
+    public void Store(int block, int m, int n, float sum) => _output[m * _out + n] = sum + _bias[n];
+}
+
+/// <summary>
+/// Matrix-product EC of the attention scores (ECMT.md section 2), per block = (image b, head h), M = N = tokens,
+/// K = Dh. With Q, K the spike values of qkv codes (B, N, 3D) and S_Q, S_K their sums (B, N, 3D) before this step:
+///   P(t) = P(t−1) + Q·S_K(t)ᵀ + S_Q(t−1)·Kᵀ     (= P(t−1) + Q·S_K(t−1)ᵀ + S_Q(t−1)·Kᵀ + Q·Kᵀ)
+///   scores = scale · (P(t)/t − P(t−1)/(t−1)),  scale · P(1) at t = 1.
+/// S_K(t) = S_K(t−1) + K is formed while the tile loads; the sums themselves advance afterwards in
+/// <see cref="ProductKernels.ScoresCountAndAdvance"/>. products, scores: (B, H, N, N).
+/// </summary>
+readonly struct ScoresProduct : ITiledProduct
+{
+    public readonly ArrayView<sbyte> Codes;
+    public readonly NeuronView Neuron;
+    public readonly ArrayView<float> Sums, Products, Scores;
+    public readonly int Images, Heads, Tokens, Dim, HeadDim, T;
+    public readonly float Scale;
+
+    public ScoresProduct(ArrayView<sbyte> codes, NeuronView neuron, ArrayView<float> sums, ArrayView<float> products, ArrayView<float> scores,
+        int images, int heads, int tokens, int dim, float scale, int t)
+    {
+        Codes = codes;
+        Neuron = neuron;
+        Sums = sums;
+        Products = products;
+        Scores = scores;
+        Images = images;
+        Heads = heads;
+        Tokens = tokens;
+        Dim = dim;
+        HeadDim = dim / heads;
+        Scale = scale;
+        T = t;
+    }
+
+    /// <summary>Index of q channel c of head h of token i of image b in (B, N, 3D); k is at + D.</summary>
+    int QueryIndex(int block, int token, int c) => (block / Heads * Tokens + token) * 3 * Dim + block % Heads * HeadDim + c;
+
+    public int Blocks => Images * Heads;
+    public int M => Tokens;
+    public int N => Tokens;
+    public int K => HeadDim;
+    public bool Dual => true;
+    public bool YAlongN => false;
+    public bool Runs() => true;
+    public void Started() { }
+
+    public float X1(int block, int m, int k)
+    {
+        int i = QueryIndex(block, m, k);
+        return Neuron.Value(Codes[i], i);
+    }
+
+    public float Y1(int block, int k, int n)
+    {
+        int i = QueryIndex(block, n, k) + Dim;
+        return Sums[i] + Neuron.Value(Codes[i], i);
+    }
+
+    public float X2(int block, int m, int k) => Sums[QueryIndex(block, m, k)];
+
+    public float Y2(int block, int k, int n)
+    {
+        int i = QueryIndex(block, n, k) + Dim;
+        return Neuron.Value(Codes[i], i);
+    }
+
+    public void Store(int block, int m, int n, float sum)
+    {
+        int i = (block * Tokens + m) * Tokens + n;
+        float previous = Products[i], current = previous + sum;
+        Products[i] = current;
+        Scores[i] = Scale * (T == 1 ? current : current / T - previous / (T - 1));
+    }
+}
+
+/// <summary>
+/// Matrix-product EC of probabilities × values, per block = (image b, head h): M = tokens (queries), N = Dh, K = tokens
+/// (keys). A = spike values of probs (B, H, N, N), S_A = probSums, V = the v part of qkv codes, S_V its sums:
+///   P(t) = P(t−1) + A·S_V(t) + S_A(t−1)·V;   output = P(t)/t − P(t−1)/(t−1)
+/// written with heads side by side: products, output (B, N, D), head h in channels h·Dh … (h+1)·Dh − 1.
+/// </summary>
+readonly struct ValuesProduct : ITiledProduct
+{
+    public readonly ArrayView<sbyte> ProbCodes, QkvCodes;
+    public readonly NeuronView ProbNeuron, QkvNeuron;
+    public readonly ArrayView<float> ProbSums, QkvSums, Products, Output;
+    public readonly int Images, Heads, Tokens, Dim, HeadDim, T;
+
+    public ValuesProduct(ArrayView<sbyte> probCodes, NeuronView probNeuron, ArrayView<float> probSums,
+        ArrayView<sbyte> qkvCodes, NeuronView qkvNeuron, ArrayView<float> qkvSums, ArrayView<float> products, ArrayView<float> output,
+        int images, int heads, int tokens, int dim, int t)
+    {
+        ProbCodes = probCodes;
+        ProbNeuron = probNeuron;
+        ProbSums = probSums;
+        QkvCodes = qkvCodes;
+        QkvNeuron = qkvNeuron;
+        QkvSums = qkvSums;
+        Products = products;
+        Output = output;
+        Images = images;
+        Heads = heads;
+        Tokens = tokens;
+        Dim = dim;
+        HeadDim = dim / heads;
+        T = t;
+    }
+
+    /// <summary>Index of A[i, j] of block (b, h) in (B, H, N, N).</summary>
+    public int ProbIndex(int block, int i, int j) => (block * Tokens + i) * Tokens + j;
+
+    /// <summary>Index of v channel c of head h of token j of image b in (B, N, 3D).</summary>
+    public int ValueIndex(int block, int j, int c) => (block / Heads * Tokens + j) * 3 * Dim + 2 * Dim + block % Heads * HeadDim + c;
+
+    public int Blocks => Images * Heads;
+    public int M => Tokens;
+    public int N => HeadDim;
+    public int K => Tokens;
+    public bool Dual => true;
+    public bool YAlongN => true;
+    public bool Runs() => true;
+    public void Started() { }
+
+    public float X1(int block, int m, int k)
+    {
+        int i = ProbIndex(block, m, k);
+        return ProbNeuron.Value(ProbCodes[i], i);
+    }
+
+    public float Y1(int block, int k, int n)
+    {
+        int i = ValueIndex(block, k, n);
+        return QkvSums[i] + QkvNeuron.Value(QkvCodes[i], i);
+    }
+
+    public float X2(int block, int m, int k) => ProbSums[ProbIndex(block, m, k)];
+
+    public float Y2(int block, int k, int n)
+    {
+        int i = ValueIndex(block, k, n);
+        return QkvNeuron.Value(QkvCodes[i], i);
+    }
+
+    public void Store(int block, int m, int n, float sum)
+    {
+        int i = (block / Heads * Tokens + m) * Dim + block % Heads * HeadDim + n;
+        float previous = Products[i], current = previous + sum;
+        Products[i] = current;
+        Output[i] = T == 1 ? current : current / T - previous / (T - 1);
+    }
+}
+
+/// <summary>
+/// The matrix products of a spiking step: one shared-memory tiled kernel for every dense product, the event-driven
+/// spike-linear kernel, and the SOP counting of the attention EC products.
+/// </summary>
+static class ProductKernels
+{
+    /// <summary>Inner-dimension slice loaded into shared memory per round.</summary>
+    public const int ChunkK = 16;
+    /// <summary>Largest tile side: 4 outputs per thread along each side, 16 threads per side on a GPU.</summary>
+    public const int MaxTile = 64;
+    /// <summary>Shared rows are padded by one float so that column-wise stores hit distinct banks.</summary>
+    const int Pitch = MaxTile + 1;
+    /// <summary>Largest group the event-driven kernel is launched with (its shared event list has this many slots).</summary>
+    public const int MaxEventGroup = 256;
+    /// <summary>Outputs one thread of the event-driven kernel accumulates per row.</summary>
+    public const int EventOutputsPerThread = 4;
+
+    /// <summary>
+    /// Tiled product for any <see cref="ITiledProduct"/>. Group = S×S threads (S = <paramref name="tileSide"/>: 16 on a
+    /// GPU, 4 on ILGPU's CPU accelerator); work item = one (block, tile of 4S × 4S outputs), taken grid-stride. Per
+    /// round the group loads a 16-deep slice of each operand into shared memory ([k][m] and [k][n], decoding spike codes
+    /// on the way; reads are contiguous along the operand's stored rows), then thread (ty, tx) accumulates the 4×4
+    /// outputs (ty + S·i, tx + S·j) in registers: 16 FMAs per 8 shared loads (32 and 16 for a dual product).
+    /// Stores go along n, coalesced.
+    /// </summary>
+    public static void Tiled<TProduct>(TProduct p, int tileSide) where TProduct : struct, ITiledProduct
+    {
+        if (!p.Runs()) return;
+        if (Grid.IdxX == 0 && Group.IdxX == 0) p.Started();
+        var x1 = SharedMemory.Allocate<float>(ChunkK * Pitch);
+        var y1 = SharedMemory.Allocate<float>(ChunkK * Pitch);
+        var x2 = SharedMemory.Allocate<float>(ChunkK * Pitch);
+        var y2 = SharedMemory.Allocate<float>(ChunkK * Pitch);
+        int s = tileSide, tile = 4 * s, threads = Group.DimX, tid = Group.IdxX, tx = tid % s, ty = tid / s;
+        int rows = p.M, columns = p.N, depth = p.K;
+        int tilesM = (rows + tile - 1) / tile, tilesN = (columns + tile - 1) / tile, perBlock = tilesM * tilesN;
+        for (int item = Grid.IdxX; item < p.Blocks * perBlock; item += Grid.DimX)
+        {
+            int block = item / perBlock, m0 = item % perBlock / tilesN * tile, n0 = item % perBlock % tilesN * tile;
+            Float4 c0 = default, c1 = default, c2 = default, c3 = default;
+            for (int k0 = 0; k0 < depth; k0 += ChunkK)
+            {
+                // X slices, read along k (the stored rows): element e → (m = e / 16, kk = e % 16).
+                for (int e = tid; e < ChunkK * tile; e += threads)
+                {
+                    int kk = e % ChunkK, m = e / ChunkK, gm = m0 + m, gk = k0 + kk;
+                    bool inside = gm < rows && gk < depth;
+                    x1[kk * Pitch + m] = inside ? p.X1(block, gm, gk) : 0f;
+                    if (p.Dual) x2[kk * Pitch + m] = inside ? p.X2(block, gm, gk) : 0f;
+                }
+                // Y slices, read along whichever index is contiguous in memory.
+                for (int e = tid; e < ChunkK * tile; e += threads)
+                {
+                    int kk = p.YAlongN ? e / tile : e % ChunkK, n = p.YAlongN ? e % tile : e / ChunkK, gn = n0 + n, gk = k0 + kk;
+                    bool inside = gn < columns && gk < depth;
+                    y1[kk * Pitch + n] = inside ? p.Y1(block, gk, gn) : 0f;
+                    if (p.Dual) y2[kk * Pitch + n] = inside ? p.Y2(block, gk, gn) : 0f;
+                }
+                Group.Barrier();
+                for (int kk = 0; kk < ChunkK; kk++)
+                {
+                    int row = kk * Pitch;
+                    var b = new Float4(y1[row + tx], y1[row + tx + s], y1[row + tx + 2 * s], y1[row + tx + 3 * s]);
+                    c0.Accumulate(x1[row + ty], b);
+                    c1.Accumulate(x1[row + ty + s], b);
+                    c2.Accumulate(x1[row + ty + 2 * s], b);
+                    c3.Accumulate(x1[row + ty + 3 * s], b);
+                    if (p.Dual)
+                    {
+                        b = new Float4(y2[row + tx], y2[row + tx + s], y2[row + tx + 2 * s], y2[row + tx + 3 * s]);
+                        c0.Accumulate(x2[row + ty], b);
+                        c1.Accumulate(x2[row + ty + s], b);
+                        c2.Accumulate(x2[row + ty + 2 * s], b);
+                        c3.Accumulate(x2[row + ty + 3 * s], b);
+                    }
+                }
+                Group.Barrier();
+            }
+            StoreRow(p, block, m0 + ty, n0 + tx, s, c0);
+            StoreRow(p, block, m0 + ty + s, n0 + tx, s, c1);
+            StoreRow(p, block, m0 + ty + 2 * s, n0 + tx, s, c2);
+            StoreRow(p, block, m0 + ty + 3 * s, n0 + tx, s, c3);
+        }
+    }
+
+    static void StoreRow<TProduct>(TProduct p, int block, int m, int n, int s, Float4 c) where TProduct : struct, ITiledProduct
+    {
+        if (m >= p.M) return;
+        int columns = p.N;
+        if (n < columns) p.Store(block, m, n, c.X);
+        if (n + s < columns) p.Store(block, m, n + s, c.Y);
+        if (n + 2 * s < columns) p.Store(block, m, n + 2 * s, c.Z);
+        if (n + 3 * s < columns) p.Store(block, m, n + 3 * s, c.W);
+    }
+
+    /// <summary>
+    /// The event-driven path of <see cref="SpikeLinearArgs"/>: only the weight rows of inputs that spiked are read.
+    /// Work item = (row r, block of 4G output columns); thread t owns columns c0 + t + G·j (j &lt; 4), so every weight
+    /// row is read coalesced. Per slice of G input channels the group compacts the spiking ones into a shared event
+    /// list (index, value) by an exclusive scan, in ascending channel order, then every thread adds value · Wt[index, c]
+    /// for each event. Silent inputs cost one byte read and nothing else.
+    /// </summary>
+    public static void EventDrivenLinear(SpikeLinearArgs a)
+    {
+        if (!a.EventDriven) return;
+        if (Grid.IdxX == 0 && Group.IdxX == 0) Atomic.Add(ref a.Paths[0], 1L);
+        var eventIndex = SharedMemory.Allocate<int>(MaxEventGroup);
+        var eventValue = SharedMemory.Allocate<float>(MaxEventGroup);
+        var eventCount = SharedMemory.Allocate<int>(1);
+        int threads = Group.DimX, tid = Group.IdxX, width = threads * EventOutputsPerThread;
+        int columnBlocks = (a.Out + width - 1) / width;
+        for (int item = Grid.IdxX; item < a.Rows * columnBlocks; item += Grid.DimX)
+        {
+            int r = item / columnBlocks, c = item % columnBlocks * width + tid;
+            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
+            for (int k0 = 0; k0 < a.In; k0 += threads)
+            {
+                int k = k0 + tid, index = r * a.In + k;
+                sbyte code = k < a.In ? a.Codes[index] : (sbyte)0;
+                int spiked = code != 0 ? 1 : 0;
+                int slot = GroupExtensions.ExclusiveScan<int, AddInt32>(spiked);
+                if (tid == threads - 1) eventCount[0] = slot + spiked;
+                if (spiked != 0)
+                {
+                    eventIndex[slot] = k;
+                    eventValue[slot] = a.Neuron.Value(code, index);
+                }
+                Group.Barrier();
+                int events = eventCount[0];
+                for (int e = 0; e < events; e++)
+                {
+                    int w = eventIndex[e] * a.Out;
+                    float v = eventValue[e];
+                    if (c < a.Out) s0 += v * a.WeightT[w + c];
+                    if (c + threads < a.Out) s1 += v * a.WeightT[w + c + threads];
+                    if (c + 2 * threads < a.Out) s2 += v * a.WeightT[w + c + 2 * threads];
+                    if (c + 3 * threads < a.Out) s3 += v * a.WeightT[w + c + 3 * threads];
+                }
+                // The event list is rewritten by the next slice.
+                Group.Barrier();
+            }
+            int o = r * a.Out;
+            if (c < a.Out) a.Output[o + c] = s0 + a.Bias[c];
+            if (c + threads < a.Out) a.Output[o + c + threads] = s1 + a.Bias[c + threads];
+            if (c + 2 * threads < a.Out) a.Output[o + c + 2 * threads] = s2 + a.Bias[c + 2 * threads];
+            if (c + 3 * threads < a.Out) a.Output[o + c + 3 * threads] = s3 + a.Bias[c + 3 * threads];
+        }
+    }
+
+    /// <summary>
+    /// After <see cref="Tiled{TProduct}"/> of <see cref="ScoresProduct"/>: counts the synaptic operations of the three
+    /// products exactly as <c>ReferenceBackend</c> does, Σ over channels c of nnz(Q[:, c])·nnz(S_K(t−1)[:, c]) +
+    /// nnz(S_Q(t−1)[:, c])·nnz(K[:, c]) + nnz(Q[:, c])·nnz(K[:, c]) (nnz over the tokens of one image), and advances
+    /// S_Q += Q, S_K += K. Work item = (image b, G consecutive q channels); thread = one channel c, walking the N tokens
+    /// (consecutive threads read consecutive addresses of each token row). counters (2B): SOPs at [B + b].
+    /// </summary>
+    public static void ScoresCountAndAdvance(ScoresProduct p, ArrayView<long> counters)
+    {
+        int threads = Group.DimX, chunks = (p.Dim + threads - 1) / threads;
+        for (int item = Grid.IdxX; item < p.Images * chunks; item += Grid.DimX)
+        {
+            int b = item / chunks, c = item % chunks * threads + Group.IdxX;
+            long operations = 0;
+            if (c < p.Dim)
+            {
+                long q = 0, sumQ = 0, k = 0, sumK = 0;
+                for (int token = 0; token < p.Tokens; token++)
+                {
+                    int qi = (b * p.Tokens + token) * 3 * p.Dim + c, ki = qi + p.Dim;
+                    float qv = p.Neuron.Value(p.Codes[qi], qi), kv = p.Neuron.Value(p.Codes[ki], ki);
+                    float sq = p.Sums[qi], sk = p.Sums[ki];
+                    if (qv != 0f) q++;
+                    if (sq != 0f) sumQ++;
+                    if (kv != 0f) k++;
+                    if (sk != 0f) sumK++;
+                    p.Sums[qi] = sq + qv;
+                    p.Sums[ki] = sk + kv;
+                }
+                operations = q * sumK + sumQ * k + q * k;
+            }
+            long total = GroupExtensions.Reduce<long, AddInt64>(operations);
+            if (Group.IdxX == 0 && total != 0) Atomic.Add(ref counters[p.Images + b], total);
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>
+    /// After <see cref="Tiled{TProduct}"/> of <see cref="ValuesProduct"/>: SOPs Σ over keys j of
+    /// nnz(A[:, j])·nnz(S_V(t−1)[j, :]) + nnz(S_A(t−1)[:, j])·nnz(V[j, :]) + nnz(A[:, j])·nnz(V[j, :]) per (image, head),
+    /// as <c>ReferenceBackend</c> counts them, then S_A += A, S_V += V. Work item = (image, head, G consecutive keys);
+    /// thread = key j: walks column j of A (coalesced across threads) and row j of V (Dh contiguous values).
+    /// </summary>
+    public static void ValuesCountAndAdvance(ValuesProduct p, ArrayView<long> counters)
+    {
+        int threads = Group.DimX, chunks = (p.Tokens + threads - 1) / threads;
+        for (int item = Grid.IdxX; item < p.Images * p.Heads * chunks; item += Grid.DimX)
+        {
+            int block = item / chunks, j = item % chunks * threads + Group.IdxX;
+            long operations = 0;
+            if (j < p.Tokens)
+            {
+                long a = 0, sumA = 0, v = 0, sumV = 0;
+                for (int query = 0; query < p.Tokens; query++)
+                {
+                    int i = p.ProbIndex(block, query, j);
+                    float av = p.ProbNeuron.Value(p.ProbCodes[i], i), sa = p.ProbSums[i];
+                    if (av != 0f) a++;
+                    if (sa != 0f) sumA++;
+                    p.ProbSums[i] = sa + av;
+                }
+                for (int c = 0; c < p.HeadDim; c++)
+                {
+                    int i = p.ValueIndex(block, j, c);
+                    float vv = p.QkvNeuron.Value(p.QkvCodes[i], i), sv = p.QkvSums[i];
+                    if (vv != 0f) v++;
+                    if (sv != 0f) sumV++;
+                    p.QkvSums[i] = sv + vv;
+                }
+                operations = a * sumV + sumA * v + a * v;
+            }
+            long total = GroupExtensions.Reduce<long, AddInt64>(operations);
+            if (Group.IdxX == 0 && total != 0) Atomic.Add(ref counters[p.Images + block / p.Heads], total);
+            Group.Barrier();
+        }
+    }
+}
