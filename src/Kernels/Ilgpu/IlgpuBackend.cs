@@ -32,6 +32,7 @@ public sealed class IlgpuBackend : ISpikingBackend
     readonly AcceleratorStream _stream;
     // (2): launches of the spike-driven product that ran, [event-driven, dense].
     readonly MemoryBuffer1D<long, Stride1D.Dense> _paths;
+    MemoryBuffer1D<int, Stride1D.Dense>? _columns;
     bool _disposed;
 
     /// <summary>
@@ -239,7 +240,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         Bind();
         Tensor a = Own(x), b = Own(y);
         SameLength(a.Length, b.Length, "add");
-        _device.Kernels.Add.Value(_stream, _device.Elements(a.Length), a.View, b.View, (int)a.Length);
+        _device.Kernels.Add(_stream, _device.Elements(a.Length), a.View, b.View, (int)a.Length);
     }
 
     public void SelectToken(DeviceTensor input, int token, DeviceTensor output)
@@ -250,7 +251,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         int images = input.Shape[0], tokens = input.Shape[1], width = input.Shape[2];
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)token, (uint)tokens, nameof(token));
         SameLength((long)images * width, o.Length, "selected token");
-        _device.Kernels.SelectToken.Value(_stream, _device.Elements(o.Length), i.View, o.View, images, tokens, width, token);
+        _device.Kernels.SelectToken(_stream, _device.Elements(o.Length), i.View, o.View, images, tokens, width, token);
     }
 
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
@@ -265,7 +266,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         int images = x.Images, perImage = (int)(x.Length / images);
         long chunksPerImage = (perImage + (long)_device.GroupSize * StepKernels.FireElementsPerThread - 1) / (_device.GroupSize * StepKernels.FireElementsPerThread);
         s.Active.View.MemSetToZero(_stream);
-        _device.Kernels.Fire.Value(_stream, _device.Groups(images * chunksPerImage, _device.GroupSize),
+        _device.Kernels.Fire(_stream, _device.Groups(images * chunksPerImage, _device.GroupSize),
             x.View, v.View, new SpikeOutput(s.Codes.View, s.Active.View, Neuron(s)), c.Buffer.View, images, perImage, fanOut);
     }
 
@@ -286,9 +287,9 @@ public sealed class IlgpuBackend : ISpikingBackend
         int maxEventActive = EventDrivenMaxDensity <= 0 ? -1 : (int)Math.Min(int.MaxValue, Math.Floor(EventDrivenMaxDensity * rows * layer.In));
         var args = new SpikeLinearArgs(s.Codes.View, Neuron(s), weightT, bias, o.View, s.Active.View, _paths.View, rows, layer.In, layer.Out, maxEventActive);
         int width = _device.GroupSize * ProductKernels.EventOutputsPerThread;
-        _device.Kernels.EventDrivenLinear.Value(_stream, _device.Groups((long)rows * ((layer.Out + width - 1) / width), _device.GroupSize), args);
+        _device.Kernels.EventDrivenLinear(_stream, _device.Groups((long)rows * ((layer.Out + width - 1) / width), _device.GroupSize), args);
         var dense = new DenseSpikeLinear(args);
-        _device.Kernels.DenseSpikeLinear.Value(_stream, TileLaunch(1, rows, layer.Out), dense, _device.TileSide);
+        _device.Kernels.DenseSpikeLinear(_stream, TileLaunch(1, rows, layer.Out), dense, _device.TileSide);
     }
 
     public void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output)
@@ -299,7 +300,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         SameLength(i.Rows * layer.Out, o.Length, "linear output");
         var (weightT, bias) = _device.Linear(layer);
         int rows = (int)i.Rows;
-        _device.Kernels.FloatLinear.Value(_stream, TileLaunch(1, rows, layer.Out),
+        _device.Kernels.FloatLinear(_stream, TileLaunch(1, rows, layer.Out),
             new FloatLinear(i.View, weightT, bias, o.View, rows, layer.In, layer.Out), _device.TileSide);
     }
 
@@ -337,7 +338,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
         var (gamma, beta) = _device.LayerNorm(norm);
         int rows = (int)x.Rows, width = x.Columns;
-        _device.Kernels.LayerNormEc.Value(_stream, _device.Groups(rows, RowGroupSize(width)), ec, gamma, beta, norm.Eps, rows, width, t);
+        _device.Kernels.LayerNormEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, gamma, beta, norm.Eps, rows, width, t);
     }
 
     public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
@@ -346,7 +347,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         Tensor x = Own(input);
         var ec = Ec(x, state, Own(output));
         ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
-        _device.Kernels.GeluEc.Value(_stream, _device.Elements(x.Length), ec, (int)x.Length, t);
+        _device.Kernels.GeluEc(_stream, _device.Elements(x.Length), ec, (int)x.Length, t);
     }
 
     public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
@@ -356,7 +357,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         var ec = Ec(x, state, Own(output));
         ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
         int rows = (int)x.Rows, width = x.Columns;
-        _device.Kernels.SoftmaxEc.Value(_stream, _device.Groups(rows, RowGroupSize(width)), ec, rows, width, t);
+        _device.Kernels.SoftmaxEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, rows, width, t);
     }
 
     public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
@@ -371,9 +372,12 @@ public sealed class IlgpuBackend : ISpikingBackend
         SameLength((long)images * heads * tokens * tokens, p.Length, "score products");
         SameLength(p.Length, o.Length, "scores");
         var product = new ScoresProduct(s.Codes.View, Neuron(s), sums.View, p.View, o.View, images, heads, tokens, dim, scale, t);
-        _device.Kernels.Scores.Value(_stream, TileLaunch((long)images * heads, tokens, tokens), product, _device.TileSide);
-        long chunks = (dim + _device.GroupSize - 1) / _device.GroupSize;
-        _device.Kernels.ScoresCount.Value(_stream, _device.Groups(images * chunks, _device.GroupSize), product, c.Buffer.View);
+        _device.Kernels.Scores(_stream, TileLaunch((long)images * heads, tokens, tokens), product, _device.TileSide);
+        // SOPs of the three products from the sums before this step, then S_Q += Q, S_K += K (SopKernels).
+        var columns = Scratch((long)images * dim * 4);
+        long channelChunks = (dim + _device.GroupSize - 1) / _device.GroupSize;
+        _device.Kernels.ScoreColumns(_stream, _device.Groups(images * TokenChunks(tokens) * channelChunks, _device.GroupSize), product, columns);
+        _device.Kernels.ScoreOperations(_stream, _device.Groups(images * channelChunks, _device.GroupSize), product, columns, c.Buffer.View);
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
@@ -391,9 +395,30 @@ public sealed class IlgpuBackend : ISpikingBackend
         SameLength(p.Length, o.Length, "attention output");
         var product = new ValuesProduct(a.Codes.View, Neuron(a), aSums.View, s.Codes.View, Neuron(s), sums.View, p.View, o.View,
             images, heads, tokens, dim, t);
-        _device.Kernels.Values.Value(_stream, TileLaunch((long)images * heads, tokens, dim / heads), product, _device.TileSide);
-        long chunks = (tokens + _device.GroupSize - 1) / _device.GroupSize;
-        _device.Kernels.ValuesCount.Value(_stream, _device.Groups((long)images * heads * chunks, _device.GroupSize), product, c.Buffer.View);
+        _device.Kernels.Values(_stream, TileLaunch((long)images * heads, tokens, dim / heads), product, _device.TileSide);
+        // SOPs of the three products from the sums before this step, then S_A += A, S_V += V (SopKernels).
+        var columns = Scratch((long)images * heads * tokens * 4);
+        long keyChunks = (tokens + _device.GroupSize - 1) / _device.GroupSize;
+        _device.Kernels.ProbColumns(_stream, _device.Groups((long)images * heads * TokenChunks(tokens) * keyChunks, _device.GroupSize), product, columns);
+        _device.Kernels.ValueRows(_stream, _device.Groups((long)images * tokens, _device.GroupSize), product, columns);
+        _device.Kernels.ValueOperations(_stream, _device.Groups((long)images * heads * keyChunks, _device.GroupSize), product, columns, c.Buffer.View);
+    }
+
+    static long TokenChunks(int tokens) => (tokens + SopKernels.TokensPerItem - 1) / SopKernels.TokensPerItem;
+
+    /// <summary>
+    /// The SOP kernels' scratch of per-column counts, at least <paramref name="length"/> ints, all zero between calls
+    /// (the kernels zero what they used); grown on demand, reused by every attention call of this instance.
+    /// </summary>
+    ArrayView<int> Scratch(long length)
+    {
+        if (_columns is null || _columns.Length < length)
+        {
+            _columns?.Dispose();
+            _columns = _device.Accelerator.Allocate1D<int>(CheckedLength(length));
+            _columns.View.MemSetToZero(_stream);
+        }
+        return _columns.View;
     }
 
     static void CheckAttention(Spikes qkv, Tensor sums, int heads, int t, Counters counters)
@@ -401,6 +426,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         if (qkv.Shape.Length != 3 || qkv.Columns % 3 != 0) throw new ArgumentException("qkv must be (B, N, 3D)");
         ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
         if (qkv.Columns / 3 % heads != 0) throw new ArgumentException($"D = {qkv.Columns / 3} is not divisible by {heads} heads");
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(heads, SopKernels.MaxHeads);
         ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
         SameLength(qkv.Length, sums.Length, "qkv sums");
         SameLength(qkv.Images, counters.Images, "counters (images)");
@@ -418,6 +444,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Bind();
         _stream.Synchronize();
         _paths.Dispose();
+        _columns?.Dispose();
         _stream.Dispose();
         _disposed = true;
     }

@@ -44,7 +44,8 @@ sealed class IlgpuDevice
         }
     }
 
-    readonly Context _context;
+    /// <summary>The ILGPU context of this accelerator (one per kind, so that one kind's driver cannot disturb another's).</summary>
+    public Context Context { get; }
     readonly Lock _uploadLock = new();
     readonly ConditionalWeakTable<LinearLayer, Resident> _linears = [];
     readonly ConditionalWeakTable<LayerNormLayer, Resident> _norms = [];
@@ -58,7 +59,7 @@ sealed class IlgpuDevice
     IlgpuDevice(BackendKind kind, Context context, Accelerator accelerator)
     {
         Kind = kind;
-        _context = context;
+        Context = context;
         Accelerator = accelerator;
         Name = $"{Backends.NameOf(kind)} ({accelerator.Name})";
         if (kind == BackendKind.Cpu)
@@ -106,7 +107,8 @@ sealed class IlgpuDevice
             context = kind switch
             {
                 BackendKind.Cuda => Context.Create(b => b.Cuda().EnableAlgorithms()),
-                BackendKind.OpenCL => Context.Create(b => b.OpenCL().EnableAlgorithms()),
+                // Every OpenCL device, not only those ILGPU deems compatible, so that a refusal can say why.
+                BackendKind.OpenCL => Context.Create(b => b.OpenCL(_ => true).EnableAlgorithms()),
                 _ => Context.Create(b => b.CPU(CPUDevice.Default).EnableAlgorithms()),
             };
             var accelerator = kind switch
@@ -125,7 +127,7 @@ sealed class IlgpuDevice
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             context?.Dispose();
-            throw new BackendUnavailableException($"{Backends.NameOf(kind)}: ILGPU could not open the accelerator: {e.Message}", e);
+            throw new BackendUnavailableException($"{Backends.NameOf(kind)}: ILGPU could not open the accelerator or compile the kernels for it: {e.Message}", e);
         }
     }
 
@@ -145,7 +147,7 @@ sealed class IlgpuDevice
         var devices = context.GetCLDevices();
         if (devices.Count == 0)
             throw new BackendUnavailableException(
-                "no OpenCL device: ILGPU found no OpenCL platform (it needs libOpenCL.so and an installed ICD driver)");
+                "no OpenCL device: ILGPU found none (it needs libOpenCL.so and an installed ICD driver)");
         var refusals = new List<string>();
         foreach (var device in devices)
         {

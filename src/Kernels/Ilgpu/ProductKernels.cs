@@ -125,7 +125,7 @@ readonly struct FloatLinear : ITiledProduct
 ///   P(t) = P(t−1) + Q·S_K(t)ᵀ + S_Q(t−1)·Kᵀ     (= P(t−1) + Q·S_K(t−1)ᵀ + S_Q(t−1)·Kᵀ + Q·Kᵀ)
 ///   scores = scale · (P(t)/t − P(t−1)/(t−1)),  scale · P(1) at t = 1.
 /// S_K(t) = S_K(t−1) + K is formed while the tile loads; the sums themselves advance afterwards in
-/// <see cref="ProductKernels.ScoresCountAndAdvance"/>. products, scores: (B, H, N, N).
+/// the SOP counting of <see cref="SopKernels"/>. products, scores: (B, H, N, N).
 /// </summary>
 readonly struct ScoresProduct : ITiledProduct
 {
@@ -271,8 +271,8 @@ readonly struct ValuesProduct : ITiledProduct
 }
 
 /// <summary>
-/// The matrix products of a spiking step: one shared-memory tiled kernel for every dense product, the event-driven
-/// spike-linear kernel, and the SOP counting of the attention EC products.
+/// The matrix products of a spiking step: one shared-memory tiled kernel for every dense product, and the event-driven
+/// spike-linear kernel.
 /// </summary>
 static class ProductKernels
 {
@@ -416,83 +416,6 @@ static class ProductKernels
             if (c + threads < a.Out) a.Output[o + c + threads] = s1 + a.Bias[c + threads];
             if (c + 2 * threads < a.Out) a.Output[o + c + 2 * threads] = s2 + a.Bias[c + 2 * threads];
             if (c + 3 * threads < a.Out) a.Output[o + c + 3 * threads] = s3 + a.Bias[c + 3 * threads];
-        }
-    }
-
-    /// <summary>
-    /// After <see cref="Tiled{TProduct}"/> of <see cref="ScoresProduct"/>: counts the synaptic operations of the three
-    /// products exactly as <c>ReferenceBackend</c> does, Σ over channels c of nnz(Q[:, c])·nnz(S_K(t−1)[:, c]) +
-    /// nnz(S_Q(t−1)[:, c])·nnz(K[:, c]) + nnz(Q[:, c])·nnz(K[:, c]) (nnz over the tokens of one image), and advances
-    /// S_Q += Q, S_K += K. Work item = (image b, G consecutive q channels); thread = one channel c, walking the N tokens
-    /// (consecutive threads read consecutive addresses of each token row). counters (2B): SOPs at [B + b].
-    /// </summary>
-    public static void ScoresCountAndAdvance(ScoresProduct p, ArrayView<long> counters)
-    {
-        int threads = Group.DimX, chunks = (p.Dim + threads - 1) / threads;
-        for (int item = Grid.IdxX; item < p.Images * chunks; item += Grid.DimX)
-        {
-            int b = item / chunks, c = item % chunks * threads + Group.IdxX;
-            long operations = 0;
-            if (c < p.Dim)
-            {
-                long q = 0, sumQ = 0, k = 0, sumK = 0;
-                for (int token = 0; token < p.Tokens; token++)
-                {
-                    int qi = (b * p.Tokens + token) * 3 * p.Dim + c, ki = qi + p.Dim;
-                    float qv = p.Neuron.Value(p.Codes[qi], qi), kv = p.Neuron.Value(p.Codes[ki], ki);
-                    float sq = p.Sums[qi], sk = p.Sums[ki];
-                    if (qv != 0f) q++;
-                    if (sq != 0f) sumQ++;
-                    if (kv != 0f) k++;
-                    if (sk != 0f) sumK++;
-                    p.Sums[qi] = sq + qv;
-                    p.Sums[ki] = sk + kv;
-                }
-                operations = q * sumK + sumQ * k + q * k;
-            }
-            long total = GroupExtensions.Reduce<long, AddInt64>(operations);
-            if (Group.IdxX == 0 && total != 0) Atomic.Add(ref counters[p.Images + b], total);
-            Group.Barrier();
-        }
-    }
-
-    /// <summary>
-    /// After <see cref="Tiled{TProduct}"/> of <see cref="ValuesProduct"/>: SOPs Σ over keys j of
-    /// nnz(A[:, j])·nnz(S_V(t−1)[j, :]) + nnz(S_A(t−1)[:, j])·nnz(V[j, :]) + nnz(A[:, j])·nnz(V[j, :]) per (image, head),
-    /// as <c>ReferenceBackend</c> counts them, then S_A += A, S_V += V. Work item = (image, head, G consecutive keys);
-    /// thread = key j: walks column j of A (coalesced across threads) and row j of V (Dh contiguous values).
-    /// </summary>
-    public static void ValuesCountAndAdvance(ValuesProduct p, ArrayView<long> counters)
-    {
-        int threads = Group.DimX, chunks = (p.Tokens + threads - 1) / threads;
-        for (int item = Grid.IdxX; item < p.Images * p.Heads * chunks; item += Grid.DimX)
-        {
-            int block = item / chunks, j = item % chunks * threads + Group.IdxX;
-            long operations = 0;
-            if (j < p.Tokens)
-            {
-                long a = 0, sumA = 0, v = 0, sumV = 0;
-                for (int query = 0; query < p.Tokens; query++)
-                {
-                    int i = p.ProbIndex(block, query, j);
-                    float av = p.ProbNeuron.Value(p.ProbCodes[i], i), sa = p.ProbSums[i];
-                    if (av != 0f) a++;
-                    if (sa != 0f) sumA++;
-                    p.ProbSums[i] = sa + av;
-                }
-                for (int c = 0; c < p.HeadDim; c++)
-                {
-                    int i = p.ValueIndex(block, j, c);
-                    float vv = p.QkvNeuron.Value(p.QkvCodes[i], i), sv = p.QkvSums[i];
-                    if (vv != 0f) v++;
-                    if (sv != 0f) sumV++;
-                    p.QkvSums[i] = sv + vv;
-                }
-                operations = a * sumV + sumA * v + a * v;
-            }
-            long total = GroupExtensions.Reduce<long, AddInt64>(operations);
-            if (Group.IdxX == 0 && total != 0) Atomic.Add(ref counters[p.Images + block / p.Heads], total);
-            Group.Barrier();
         }
     }
 }
