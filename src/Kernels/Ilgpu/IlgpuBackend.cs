@@ -32,7 +32,9 @@ public sealed class IlgpuBackend : ISpikingBackend
     readonly AcceleratorStream _stream;
     // (2): launches of the spike-driven product that ran, [event-driven, dense].
     readonly MemoryBuffer1D<long, Stride1D.Dense> _paths;
-    MemoryBuffer1D<int, Stride1D.Dense>? _columns;
+    // Scratch, grown on demand: per-column counts of the SOP kernels (zero between calls) and the event lists.
+    MemoryBuffer1D<int, Stride1D.Dense>? _columns, _eventIndex, _eventCount;
+    MemoryBuffer1D<float, Stride1D.Dense>? _eventValue;
     bool _disposed;
 
     /// <summary>
@@ -286,8 +288,10 @@ public sealed class IlgpuBackend : ISpikingBackend
         int rows = (int)s.Rows;
         int maxEventActive = EventDrivenMaxDensity <= 0 ? -1 : (int)Math.Min(int.MaxValue, Math.Floor(EventDrivenMaxDensity * rows * layer.In));
         var args = new SpikeLinearArgs(s.Codes.View, Neuron(s), weightT, bias, o.View, s.Active.View, _paths.View, rows, layer.In, layer.Out, maxEventActive);
+        var events = Events((long)rows * layer.In, rows);
         int width = _device.GroupSize * ProductKernels.EventOutputsPerThread;
-        _device.Kernels.EventDrivenLinear(_stream, _device.Groups((long)rows * ((layer.Out + width - 1) / width), _device.GroupSize), args);
+        _device.Kernels.CompactEvents(_stream, _device.Groups(rows, _device.GroupSize), args, events);
+        _device.Kernels.AccumulateEvents(_stream, _device.Groups((long)rows * ((layer.Out + width - 1) / width), _device.GroupSize), args, events);
         var dense = new DenseSpikeLinear(args);
         _device.Kernels.DenseSpikeLinear(_stream, TileLaunch(1, rows, layer.Out), dense, _device.TileSide);
     }
@@ -404,6 +408,24 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Kernels.ValueOperations(_stream, _device.Groups((long)images * heads * keyChunks, _device.GroupSize), product, columns, c.Buffer.View);
     }
 
+    /// <summary>Scratch for the event lists of the event-driven spike-linear path; grown on demand.</summary>
+    EventLists Events(long entries, int rows)
+    {
+        if (_eventIndex is null || _eventIndex.Length < entries)
+        {
+            _eventIndex?.Dispose();
+            _eventValue?.Dispose();
+            _eventIndex = _device.Accelerator.Allocate1D<int>(CheckedLength(entries));
+            _eventValue = _device.Accelerator.Allocate1D<float>(CheckedLength(entries));
+        }
+        if (_eventCount is null || _eventCount.Length < rows)
+        {
+            _eventCount?.Dispose();
+            _eventCount = _device.Accelerator.Allocate1D<int>(rows);
+        }
+        return new EventLists(_eventIndex.View, _eventValue!.View, _eventCount.View);
+    }
+
     static long TokenChunks(int tokens) => (tokens + SopKernels.TokensPerItem - 1) / SopKernels.TokensPerItem;
 
     /// <summary>
@@ -444,7 +466,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Bind();
         _stream.Synchronize();
         _paths.Dispose();
-        _columns?.Dispose();
+        foreach (var scratch in new MemoryBuffer?[] { _columns, _eventIndex, _eventValue, _eventCount }) scratch?.Dispose();
         _stream.Dispose();
         _disposed = true;
     }

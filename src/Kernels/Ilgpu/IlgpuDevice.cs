@@ -76,7 +76,7 @@ sealed class IlgpuDevice
             MaxGroups = Math.Max(1, accelerator.NumMultiprocessors) * 16;
         }
         TileSide = (int)Math.Sqrt(GroupSize);
-        if (TileSide * 4 > ProductKernels.MaxTile || GroupSize > ProductKernels.MaxEventGroup)
+        if (TileSide * 4 > ProductKernels.MaxTile)
             throw new InvalidOperationException($"group size {GroupSize} exceeds what the kernels' shared memory holds");
         Kernels = new KernelSet(accelerator);
     }

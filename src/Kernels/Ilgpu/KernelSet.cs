@@ -19,7 +19,8 @@ sealed class KernelSet
         LayerNormEc = accelerator.LoadKernel<EcViews, ArrayView<float>, ArrayView<float>, float, int, int, int>(StepKernels.LayerNormEc);
         SoftmaxEc = accelerator.LoadKernel<EcViews, int, int, int>(StepKernels.SoftmaxEc);
         DenseSpikeLinear = accelerator.LoadKernel<DenseSpikeLinear, int>(ProductKernels.Tiled);
-        EventDrivenLinear = accelerator.LoadKernel<SpikeLinearArgs>(ProductKernels.EventDrivenLinear);
+        CompactEvents = accelerator.LoadKernel<SpikeLinearArgs, EventLists>(ProductKernels.CompactEvents);
+        AccumulateEvents = accelerator.LoadKernel<SpikeLinearArgs, EventLists>(ProductKernels.AccumulateEvents);
         FloatLinear = accelerator.LoadKernel<FloatLinear, int>(ProductKernels.Tiled);
         Scores = accelerator.LoadKernel<ScoresProduct, int>(ProductKernels.Tiled);
         ScoreColumns = accelerator.LoadKernel<ScoresProduct, ArrayView<int>>(SopKernels.ScoreColumns);
@@ -38,7 +39,8 @@ sealed class KernelSet
     public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<float>, ArrayView<float>, float, int, int, int> LayerNormEc { get; }
     public Action<AcceleratorStream, KernelConfig, EcViews, int, int, int> SoftmaxEc { get; }
     public Action<AcceleratorStream, KernelConfig, DenseSpikeLinear, int> DenseSpikeLinear { get; }
-    public Action<AcceleratorStream, KernelConfig, SpikeLinearArgs> EventDrivenLinear { get; }
+    public Action<AcceleratorStream, KernelConfig, SpikeLinearArgs, EventLists> CompactEvents { get; }
+    public Action<AcceleratorStream, KernelConfig, SpikeLinearArgs, EventLists> AccumulateEvents { get; }
     public Action<AcceleratorStream, KernelConfig, FloatLinear, int> FloatLinear { get; }
     public Action<AcceleratorStream, KernelConfig, ScoresProduct, int> Scores { get; }
     public Action<AcceleratorStream, KernelConfig, ScoresProduct, ArrayView<int>> ScoreColumns { get; }
@@ -58,7 +60,8 @@ sealed class KernelSet
         Method(typeof(StepKernels), nameof(StepKernels.LayerNormEc)),
         Method(typeof(StepKernels), nameof(StepKernels.SoftmaxEc)),
         Method(typeof(ProductKernels), nameof(ProductKernels.Tiled)).MakeGenericMethod(typeof(DenseSpikeLinear)),
-        Method(typeof(ProductKernels), nameof(ProductKernels.EventDrivenLinear)),
+        Method(typeof(ProductKernels), nameof(ProductKernels.CompactEvents)),
+        Method(typeof(ProductKernels), nameof(ProductKernels.AccumulateEvents)),
         Method(typeof(ProductKernels), nameof(ProductKernels.Tiled)).MakeGenericMethod(typeof(FloatLinear)),
         Method(typeof(ProductKernels), nameof(ProductKernels.Tiled)).MakeGenericMethod(typeof(ScoresProduct)),
         Method(typeof(SopKernels), nameof(SopKernels.ScoreColumns)),

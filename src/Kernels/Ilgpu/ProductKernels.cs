@@ -65,6 +65,23 @@ readonly struct SpikeLinearArgs
     public bool EventDriven => Active[0] <= MaxEventActive;
 }
 
+/// <summary>
+/// The event lists of the event-driven spike-linear path (scratch of the backend instance): per input row r, Count[r]
+/// events at Index[r·In …] (channel) and Value[r·In …] (spike value), in channel order.
+/// </summary>
+readonly struct EventLists
+{
+    public readonly ArrayView<int> Index, Count;
+    public readonly ArrayView<float> Value;
+
+    public EventLists(ArrayView<int> index, ArrayView<float> value, ArrayView<int> count)
+    {
+        Index = index;
+        Value = value;
+        Count = count;
+    }
+}
+
 /// <summary>The dense path of <see cref="SpikeLinearArgs"/>: X1 = spike values (R, In), Y1 = Wt (In, Out).</summary>
 readonly struct DenseSpikeLinear : ITiledProduct
 {
@@ -282,9 +299,9 @@ static class ProductKernels
     public const int MaxTile = 64;
     /// <summary>Shared rows are padded by one float so that column-wise stores hit distinct banks.</summary>
     const int Pitch = MaxTile + 1;
-    /// <summary>Largest group the event-driven kernel is launched with (its shared event list has this many slots).</summary>
-    public const int MaxEventGroup = 256;
-    /// <summary>Outputs one thread of the event-driven kernel accumulates per row.</summary>
+    /// <summary>Input channels one thread scans per slice in <see cref="CompactEvents"/>.</summary>
+    public const int EventsPerThread = 4;
+    /// <summary>Outputs one thread of <see cref="AccumulateEvents"/> accumulates per row.</summary>
     public const int EventOutputsPerThread = 4;
 
     /// <summary>
@@ -366,50 +383,66 @@ static class ProductKernels
     }
 
     /// <summary>
-    /// The event-driven path of <see cref="SpikeLinearArgs"/>: only the weight rows of inputs that spiked are read.
-    /// Work item = (row r, block of 4G output columns); thread t owns columns c0 + t + G·j (j &lt; 4), so every weight
-    /// row is read coalesced. Per slice of G input channels the group compacts the spiking ones into a shared event
-    /// list (index, value) by an exclusive scan, in ascending channel order, then every thread adds value · Wt[index, c]
-    /// for each event. Silent inputs cost one byte read and nothing else.
+    /// Event-driven path, step 1: the spikes of each input row as an event list, in channel order:
+    /// events.Index (R, In) the channels that spiked, events.Value (R, In) their values, events.Count (R) how many.
+    /// Work item = one row; per slice of 4G channels thread t takes channels 4t … 4t + 3 (contiguous bytes, coalesced),
+    /// and an exclusive scan over the group gives each thread where its events go.
     /// </summary>
-    public static void EventDrivenLinear(SpikeLinearArgs a)
+    public static void CompactEvents(SpikeLinearArgs a, EventLists events)
+    {
+        if (!a.EventDriven) return;
+        int threads = Group.DimX, slice = threads * EventsPerThread;
+        for (int r = Grid.IdxX; r < a.Rows; r += Grid.DimX)
+        {
+            int row = r * a.In, found = 0;
+            for (int k0 = 0; k0 < a.In; k0 += slice)
+            {
+                int first = k0 + Group.IdxX * EventsPerThread, mine = 0;
+                for (int j = 0; j < EventsPerThread; j++)
+                    if (first + j < a.In && a.Codes[row + first + j] != 0) mine++;
+                int slot = found + GroupExtensions.ExclusiveScan<int, AddInt32>(mine);
+                for (int j = 0; j < EventsPerThread; j++)
+                {
+                    int k = first + j;
+                    if (k >= a.In) break;
+                    sbyte code = a.Codes[row + k];
+                    if (code == 0) continue;
+                    events.Index[row + slot] = k;
+                    events.Value[row + slot] = a.Neuron.Value(code, row + k);
+                    slot++;
+                }
+                found += GroupExtensions.AllReduce<int, AddInt32>(mine);
+                // The next slice's scan reuses the reductions' shared memory.
+                Group.Barrier();
+            }
+            if (Group.IdxX == 0) events.Count[r] = found;
+        }
+    }
+
+    /// <summary>
+    /// Event-driven path, step 2: output[r, c] = bias[c] + Σ over the events of row r of value · Wt[index, c]; only the
+    /// weight rows of inputs that spiked are read. Work item = (row r, block of 4G output columns); thread t owns
+    /// columns c0 + t + G·j (j &lt; 4), so each event's weight row is read coalesced, and every thread walks the same
+    /// event list (one broadcast load per event). No shared memory, no barriers.
+    /// </summary>
+    public static void AccumulateEvents(SpikeLinearArgs a, EventLists events)
     {
         if (!a.EventDriven) return;
         if (Grid.IdxX == 0 && Group.IdxX == 0) Atomic.Add(ref a.Paths[0], 1L);
-        var eventIndex = SharedMemory.Allocate<int>(MaxEventGroup);
-        var eventValue = SharedMemory.Allocate<float>(MaxEventGroup);
-        var eventCount = SharedMemory.Allocate<int>(1);
-        int threads = Group.DimX, tid = Group.IdxX, width = threads * EventOutputsPerThread;
+        int threads = Group.DimX, width = threads * EventOutputsPerThread;
         int columnBlocks = (a.Out + width - 1) / width;
         for (int item = Grid.IdxX; item < a.Rows * columnBlocks; item += Grid.DimX)
         {
-            int r = item / columnBlocks, c = item % columnBlocks * width + tid;
+            int r = item / columnBlocks, c = item % columnBlocks * width + Group.IdxX, row = r * a.In;
             float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
-            for (int k0 = 0; k0 < a.In; k0 += threads)
+            for (int e = 0; e < events.Count[r]; e++)
             {
-                int k = k0 + tid, index = r * a.In + k;
-                sbyte code = k < a.In ? a.Codes[index] : (sbyte)0;
-                int spiked = code != 0 ? 1 : 0;
-                int slot = GroupExtensions.ExclusiveScan<int, AddInt32>(spiked);
-                if (tid == threads - 1) eventCount[0] = slot + spiked;
-                if (spiked != 0)
-                {
-                    eventIndex[slot] = k;
-                    eventValue[slot] = a.Neuron.Value(code, index);
-                }
-                Group.Barrier();
-                int events = eventCount[0];
-                for (int e = 0; e < events; e++)
-                {
-                    int w = eventIndex[e] * a.Out;
-                    float v = eventValue[e];
-                    if (c < a.Out) s0 += v * a.WeightT[w + c];
-                    if (c + threads < a.Out) s1 += v * a.WeightT[w + c + threads];
-                    if (c + 2 * threads < a.Out) s2 += v * a.WeightT[w + c + 2 * threads];
-                    if (c + 3 * threads < a.Out) s3 += v * a.WeightT[w + c + 3 * threads];
-                }
-                // The event list is rewritten by the next slice.
-                Group.Barrier();
+                int w = events.Index[row + e] * a.Out;
+                float v = events.Value[row + e];
+                if (c < a.Out) s0 += v * a.WeightT[w + c];
+                if (c + threads < a.Out) s1 += v * a.WeightT[w + c + threads];
+                if (c + 2 * threads < a.Out) s2 += v * a.WeightT[w + c + 2 * threads];
+                if (c + 3 * threads < a.Out) s3 += v * a.WeightT[w + c + 3 * threads];
             }
             int o = r * a.Out;
             if (c < a.Out) a.Output[o + c] = s0 + a.Bias[c];

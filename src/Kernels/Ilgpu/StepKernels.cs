@@ -145,6 +145,8 @@ static class StepKernels
             float partial = 0f;
             for (int j = Group.IdxX; j < width; j += Group.DimX) partial += ec.Accumulate(start + j) / t;
             float mean = GroupExtensions.AllReduce<float, AddFloat>(partial) / width;
+            // Consecutive group reductions: no thread may start the next before all have read this one's result.
+            Group.Barrier();
             partial = 0f;
             for (int j = Group.IdxX; j < width; j += Group.DimX)
             {
@@ -174,6 +176,7 @@ static class StepKernels
             float max = float.NegativeInfinity;
             for (int j = Group.IdxX; j < width; j += Group.DimX) max = MathF.Max(max, ec.Accumulate(start + j) / t);
             max = GroupExtensions.AllReduce<float, MaxFloat>(max);
+            Group.Barrier();
             float partial = 0f;
             for (int j = Group.IdxX; j < width; j += Group.DimX) partial += MathF.Exp(ec.InputSum[start + j] / t - max);
             float inv = 1f / GroupExtensions.AllReduce<float, AddFloat>(partial);
