@@ -287,6 +287,10 @@ public sealed class IlgpuBackendTests
             var entry = EntryPointDescription.FromExplicitlyGroupedKernel(method);
             var kernel = (PTXCompiledKernel)ptx.Compile(entry, default(KernelSpecialization));
             Assert.Contains(".entry", kernel.PTXAssembly);
+            // Operand access and helpers inline into the kernel, and per-thread accumulators stay in registers.
+            var lines = kernel.PTXAssembly.Split('\n').Select(l => l.Trim()).ToArray();
+            Assert.DoesNotContain(lines, l => l.StartsWith("call", StringComparison.Ordinal));
+            Assert.DoesNotContain(lines, l => l.StartsWith(".local", StringComparison.Ordinal));
             var source = (CLCompiledKernel)cl.Compile(entry, default(KernelSpecialization));
             Assert.Contains("kernel", source.Source);
         }
