@@ -37,9 +37,9 @@ public sealed class IlgpuOpenCLConformance : BackendConformance
 /// </summary>
 public sealed class IlgpuBackendTests
 {
-    // Shapes larger than one CPU-accelerator tile (16), one k-slice (16), one event slice (16 channels) and one
+    // Shapes larger than one CPU-accelerator tile (16), one k-slice (16), one event slice (4·16 channels) and one
     // event column block (64 outputs), so every loop of the product kernels takes more than one turn.
-    const int Images = 2, Tokens = 19, InFeatures = 40, OutFeatures = 70;
+    const int Images = 2, Tokens = 19, InFeatures = 72, OutFeatures = 70;
 
     static readonly LinearLayer Layer = new(TestData.Normal(OutFeatures * InFeatures, 11, 0.3f), TestData.Normal(OutFeatures, 12), InFeatures, OutFeatures);
 
@@ -266,6 +266,11 @@ public sealed class IlgpuBackendTests
             {
                 Assert.Contains("fastcpu", fallback.Message);
             }
+        }
+        else
+        {
+            using var auto = Backends.Create(BackendKind.Auto);
+            Assert.StartsWith("cuda", auto.Name);
         }
         if (!IlgpuBackend.IsAvailable(BackendKind.OpenCL))
         {

@@ -417,6 +417,9 @@ public sealed class IlgpuBackend : ISpikingBackend
             _eventValue?.Dispose();
             _eventIndex = _device.Accelerator.Allocate1D<int>(CheckedLength(entries));
             _eventValue = _device.Accelerator.Allocate1D<float>(CheckedLength(entries));
+            // Only entries below each row's count are read; zeroed anyway so that no launch ever sees garbage.
+            _eventIndex.View.MemSetToZero(_stream);
+            _eventValue.View.MemSetToZero(_stream);
         }
         if (_eventCount is null || _eventCount.Length < rows)
         {
