@@ -53,16 +53,28 @@ static class SopKernels
         }
     }
 
-    /// <summary>Scores, phase 2: one thread per (image, channel); SOPs go to counters[B + b].</summary>
+    /// <summary>
+    /// Scores, phase 2: one thread per (image, channel), work items (image, G channels) taken in contiguous blocks per
+    /// group; SOPs go to counters[B + b], one reduction and atomic per image a group meets.
+    /// </summary>
     public static void ScoreOperations(ScoresProduct p, ArrayView<int> columns, ArrayView<long> counters)
     {
         int threads = Group.DimX, chunks = (p.Dim + threads - 1) / threads;
-        for (int item = Grid.IdxX; item < p.Images * chunks; item += Grid.DimX)
+        var (first, end) = StepKernels.GroupItems(p.Images * chunks);
+        int image = first / chunks;
+        long operations = 0;
+        for (int item = first; item < end; item++)
         {
             int b = item / chunks, c = item % chunks * threads + Group.IdxX;
-            long operations = c < p.Dim ? TakeOperations(columns, (b * p.Dim + c) * 4) : 0;
-            AddToImage(counters, p.Images + b, operations);
+            if (b != image)
+            {
+                AddToImage(counters, p.Images + image, operations);
+                image = b;
+                operations = 0;
+            }
+            if (c < p.Dim) operations += TakeOperations(columns, (b * p.Dim + c) * 4);
         }
+        if (first < end) AddToImage(counters, p.Images + image, operations);
     }
 
     /// <summary>
@@ -124,16 +136,28 @@ static class SopKernels
         }
     }
 
-    /// <summary>Probabilities × values, phase 2: one thread per (image, head, key); SOPs go to counters[B + b].</summary>
+    /// <summary>
+    /// Probabilities × values, phase 2: one thread per (image, head, key), work items (image·head, G keys) taken in
+    /// contiguous blocks per group; SOPs go to counters[B + b], one reduction and atomic per image a group meets.
+    /// </summary>
     public static void ValueOperations(ValuesProduct p, ArrayView<int> columns, ArrayView<long> counters)
     {
         int threads = Group.DimX, chunks = (p.Tokens + threads - 1) / threads;
-        for (int item = Grid.IdxX; item < p.Images * p.Heads * chunks; item += Grid.DimX)
+        var (first, end) = StepKernels.GroupItems(p.Images * p.Heads * chunks);
+        int image = first / chunks / p.Heads;
+        long operations = 0;
+        for (int item = first; item < end; item++)
         {
             int block = item / chunks, j = item % chunks * threads + Group.IdxX;
-            long operations = j < p.Tokens ? TakeOperations(columns, (block * p.Tokens + j) * 4) : 0;
-            AddToImage(counters, p.Images + block / p.Heads, operations);
+            if (block / p.Heads != image)
+            {
+                AddToImage(counters, p.Images + image, operations);
+                image = block / p.Heads;
+                operations = 0;
+            }
+            if (j < p.Tokens) operations += TakeOperations(columns, (block * p.Tokens + j) * 4);
         }
+        if (first < end) AddToImage(counters, p.Images + image, operations);
     }
 
     static void AddCounts(ArrayView<int> columns, int at, int a, int sumA, int b, int sumB)

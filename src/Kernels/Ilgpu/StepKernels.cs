@@ -82,9 +82,10 @@ static class StepKernels
     /// membrane −= value(codes). P is the number of neurons per image.
     /// <para>
     /// Work item = (image b, chunk of G·4 neurons of that image); the group's threads take the chunk's elements
-    /// strided by G (coalesced), count their spikes, reduce the count over the group and add it with one set of
-    /// atomics per work item: counters (2B) = [spikes per image | SOPs per image] (SOPs = spikes · fanOut) and the
-    /// tensor's own spike count <see cref="SpikeOutput.Active"/> (zeroed by the host before the launch).
+    /// strided by G (coalesced). A group takes a contiguous block of work items (<see cref="GroupItems"/>), so its items
+    /// belong to one or two images: it counts spikes per thread while the image stays the same, then reduces the count
+    /// over the group and adds it with one set of atomics: counters (2B) = [spikes per image | SOPs per image]
+    /// (SOPs = spikes · fanOut) and the tensor's own spike count <see cref="SpikeOutput.Active"/> (zeroed by the host).
     /// </para>
     /// </summary>
     public static void Fire(ArrayView<float> input, ArrayView<float> membrane, SpikeOutput spikes, ArrayView<long> counters,
@@ -92,13 +93,20 @@ static class StepKernels
     {
         int threads = Group.DimX, chunk = threads * FireElementsPerThread;
         int chunksPerImage = (perImage + chunk - 1) / chunk;
-        for (int item = Grid.IdxX; item < images * chunksPerImage; item += Grid.DimX)
+        var (first, end) = GroupItems(images * chunksPerImage);
+        int image = first / chunksPerImage, fired = 0;
+        for (int item = first; item < end; item++)
         {
             int b = item / chunksPerImage;
+            if (b != image)
+            {
+                CountSpikes(spikes, counters, images, image, fanOut, fired);
+                image = b;
+                fired = 0;
+            }
             int start = (item % chunksPerImage) * chunk;
-            int end = Math.Min(start + chunk, perImage);
-            int fired = 0;
-            for (int j = start + Group.IdxX; j < end; j += threads)
+            int stop = Math.Min(start + chunk, perImage);
+            for (int j = start + Group.IdxX; j < stop; j += threads)
             {
                 int i = b * perImage + j;
                 float v = membrane[i] + input[i];
@@ -107,16 +115,32 @@ static class StepKernels
                 spikes.Codes[i] = code;
                 if (code != 0) fired++;
             }
-            int total = GroupExtensions.Reduce<int, AddInt32>(fired);
-            if (Group.IdxX == 0 && total != 0)
-            {
-                Atomic.Add(ref counters[b], total);
-                Atomic.Add(ref counters[images + b], (long)total * fanOut);
-                Atomic.Add(ref spikes.Active[0], total);
-            }
-            // The reduction's shared memory is reused by the next work item.
-            Group.Barrier();
         }
+        if (first < end) CountSpikes(spikes, counters, images, image, fanOut, fired);
+    }
+
+    /// <summary>Adds one group's spikes of image b to the counters and the tensor's spike count; all threads call it.</summary>
+    static void CountSpikes(SpikeOutput spikes, ArrayView<long> counters, int images, int b, int fanOut, int fired)
+    {
+        int total = GroupExtensions.Reduce<int, AddInt32>(fired);
+        if (Group.IdxX == 0 && total != 0)
+        {
+            Atomic.Add(ref counters[b], total);
+            Atomic.Add(ref counters[images + b], (long)total * fanOut);
+            Atomic.Add(ref spikes.Active[0], total);
+        }
+        // The reduction's shared memory is reused by the next call.
+        Group.Barrier();
+    }
+
+    /// <summary>
+    /// This group's work items [First, End): a contiguous block of ⌈items / groups⌉, rather than every Grid.DimX-th item,
+    /// for kernels whose items are counted per image (fewer group reductions and atomics).
+    /// </summary>
+    public static (int First, int End) GroupItems(int items)
+    {
+        int perGroup = (items + Grid.DimX - 1) / Grid.DimX, first = Grid.IdxX * perGroup;
+        return (first, Math.Min(items, first + perGroup));
     }
 
     /// <summary>
