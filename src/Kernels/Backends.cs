@@ -1,3 +1,4 @@
+using Ecmt.Kernels.Ilgpu;
 using Ecmt.Kernels.Reference;
 
 namespace Ecmt.Kernels;
@@ -49,9 +50,15 @@ public static class Backends
     public static BackendKind FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
 
     /// <summary>Creates a backend; throws <see cref="BackendUnavailableException"/> when the chosen device is absent.</summary>
+    /// <remarks>
+    /// May be called many times in one process (one backend per concurrent session); the ILGPU kinds share one
+    /// accelerator and the model's uploaded layers, and each instance has its own stream and tensors.
+    /// </remarks>
     public static ISpikingBackend Create(BackendKind kind) => kind switch
     {
         BackendKind.Reference => new ReferenceBackend(),
+        BackendKind.Cuda or BackendKind.OpenCL or BackendKind.Cpu => new IlgpuBackend(kind),
+        BackendKind.Auto => IlgpuBackend.IsAvailable(BackendKind.Cuda) ? new IlgpuBackend(BackendKind.Cuda) : Create(BackendKind.FastCpu),
         _ => throw new BackendUnavailableException($"backend '{NameOf(kind)}' is not built yet"),
     };
 }

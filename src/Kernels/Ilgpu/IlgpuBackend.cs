@@ -1,0 +1,476 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace Ecmt.Kernels.Ilgpu;
+
+/// <summary>
+/// Runs the spiking step as ILGPU kernels on CUDA, OpenCL or ILGPU's CPU accelerator (which runs the very same kernels
+/// on CPU threads). The accelerator, its compiled kernels and the model's uploaded layers are shared by every instance
+/// of a kind in the process (<see cref="IlgpuDevice"/>); each instance has its own stream and its own tensors, so
+/// instances may run concurrently on different threads, each used by one thread at a time.
+/// <para>
+/// Work is queued on the instance's stream; nothing waits for the device except the calls that return data
+/// (<see cref="Download"/>, <see cref="DownloadCodes"/>, <see cref="ReadCounters"/>), uploads, and <see cref="Synchronize"/>.
+/// </para>
+/// <para>
+/// Spike-driven products choose between an event-driven and a dense kernel by the density of their input, measured by
+/// the Fire that produced it (<see cref="EventDrivenMaxDensity"/>); the choice is made on the device, so no step waits
+/// for a count to come back to the host.
+/// </para>
+/// </summary>
+public sealed class IlgpuBackend : ISpikingBackend
+{
+    /// <summary>
+    /// Default density (spikes / input elements) up to which spike-driven products take the event-driven path. An
+    /// estimate for a recent NVIDIA GPU, not a measurement: the event path reads one weight (from L2) per spike and
+    /// output, the tiled dense path about 1/16 of a shared-memory load per multiply-add, and runs at several times the
+    /// event path's rate per operation, so events win only when fewer than about 1 in 8 inputs spiked.
+    /// </summary>
+    public const double DefaultEventDrivenMaxDensity = 0.125;
+
+    readonly IlgpuDevice _device;
+    readonly AcceleratorStream _stream;
+    // (2): launches of the spike-driven product that ran, [event-driven, dense].
+    readonly MemoryBuffer1D<long, Stride1D.Dense> _paths;
+    // Scratch, grown on demand: per-column counts of the SOP kernels (zero between calls) and the event lists.
+    MemoryBuffer1D<int, Stride1D.Dense>? _columns, _eventIndex, _eventCount;
+    MemoryBuffer1D<float, Stride1D.Dense>? _eventValue;
+    bool _disposed;
+
+    /// <summary>
+    /// Opens the shared accelerator of <paramref name="kind"/> (<see cref="BackendKind.Cuda"/>,
+    /// <see cref="BackendKind.OpenCL"/> or <see cref="BackendKind.Cpu"/>); throws <see cref="BackendUnavailableException"/>
+    /// when it cannot run here. <paramref name="eventDrivenMaxDensity"/>: 0 or less forces the dense path, 1 the
+    /// event-driven path (tests).
+    /// </summary>
+    public IlgpuBackend(BackendKind kind, double eventDrivenMaxDensity = DefaultEventDrivenMaxDensity)
+    {
+        _device = IlgpuDevice.Get(kind);
+        EventDrivenMaxDensity = eventDrivenMaxDensity;
+        _device.Bind();
+        _stream = _device.Accelerator.CreateStream();
+        _paths = _device.Accelerator.Allocate1D<long>(2);
+        _paths.View.MemSetToZero(_stream);
+    }
+
+    /// <summary>Whether the accelerator of <paramref name="kind"/> can run here.</summary>
+    public static bool IsAvailable(BackendKind kind) => IlgpuDevice.IsAvailable(kind);
+
+    public string Name => _device.Name;
+    public double EventDrivenMaxDensity { get; }
+    internal IlgpuDevice Device => _device;
+
+    /// <summary>How many spike-driven products ran event-driven and dense since this instance was made (waits for the stream).</summary>
+    public (long EventDriven, long Dense) SpikeLinearPaths()
+    {
+        Bind();
+        var paths = new long[2];
+        _paths.View.CopyToCPU(_stream, paths);
+        return (paths[0], paths[1]);
+    }
+
+    sealed class Tensor : DeviceTensor
+    {
+        public readonly IlgpuBackend Owner;
+        public readonly MemoryBuffer1D<float, Stride1D.Dense> Buffer;
+
+        public Tensor(IlgpuBackend owner, int[] shape) : base(shape)
+        {
+            Owner = owner;
+            Buffer = owner._device.Accelerator.Allocate1D<float>(CheckedLength(Length));
+            Buffer.View.MemSetToZero(owner._stream);
+        }
+
+        public ArrayView<float> View => Buffer.View;
+
+        public override void Dispose() => Buffer.Dispose();
+    }
+
+    sealed class Spikes : SpikeTensor
+    {
+        public readonly IlgpuBackend Owner;
+        public readonly MemoryBuffer1D<sbyte, Stride1D.Dense> Codes;
+        // (1): spikes in Codes, written by the Fire (or upload) that set them.
+        public readonly MemoryBuffer1D<int, Stride1D.Dense> Active;
+
+        public Spikes(IlgpuBackend owner, MultiThresholdNeuron neuron, int[] shape) : base(shape, neuron)
+        {
+            Owner = owner;
+            Codes = owner._device.Accelerator.Allocate1D<sbyte>(CheckedLength(Length));
+            Active = owner._device.Accelerator.Allocate1D<int>(1);
+            Codes.View.MemSetToZero(owner._stream);
+            Active.View.MemSetToZero(owner._stream);
+        }
+
+        public override void Dispose()
+        {
+            Codes.Dispose();
+            Active.Dispose();
+        }
+    }
+
+    sealed class Counters : StepCounters
+    {
+        public readonly IlgpuBackend Owner;
+        // (2B): spikes per image, then SOPs per image.
+        public readonly MemoryBuffer1D<long, Stride1D.Dense> Buffer;
+
+        public Counters(IlgpuBackend owner, int images) : base(images)
+        {
+            Owner = owner;
+            Buffer = owner._device.Accelerator.Allocate1D<long>(2L * images);
+            Buffer.View.MemSetToZero(owner._stream);
+        }
+
+        public override void Dispose() => Buffer.Dispose();
+    }
+
+    static int CheckedLength(long length) => length is > 0 and <= int.MaxValue
+        ? (int)length
+        : throw new ArgumentOutOfRangeException(nameof(length), length, "ILGPU tensors hold 1 … 2³¹ − 1 elements");
+
+    void Bind()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _device.Bind();
+    }
+
+    Tensor Own(DeviceTensor t) => t is Tensor own && own.Owner == this
+        ? own
+        : throw new ArgumentException($"{t} does not belong to this {Name} backend");
+
+    Spikes Own(SpikeTensor s) => s is Spikes own && own.Owner == this
+        ? own
+        : throw new ArgumentException($"spike tensor [{string.Join(", ", s.Shape)}] does not belong to this {Name} backend");
+
+    Counters Own(StepCounters c) => c is Counters own && own.Owner == this
+        ? own
+        : throw new ArgumentException($"counters do not belong to this {Name} backend");
+
+    static void SameLength(long expected, long actual, string what)
+    {
+        if (expected != actual) throw new ArgumentException($"{what}: {actual} elements, expected {expected}");
+    }
+
+    NeuronView Neuron(Spikes s) => _device.Neuron(s.Neuron);
+
+    public DeviceTensor Allocate(params int[] shape)
+    {
+        Bind();
+        return new Tensor(this, shape);
+    }
+
+    public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape)
+    {
+        Bind();
+        return new Spikes(this, neuron, shape);
+    }
+
+    public StepCounters AllocateCounters(int images)
+    {
+        Bind();
+        return new Counters(this, images);
+    }
+
+    public void Upload(ReadOnlySpan<float> source, DeviceTensor destination)
+    {
+        Bind();
+        var t = Own(destination);
+        SameLength(t.Length, source.Length, "upload");
+        t.Buffer.View.CopyFromCPU(_stream, source);
+    }
+
+    public void Download(DeviceTensor source, Span<float> destination)
+    {
+        Bind();
+        var t = Own(source);
+        SameLength(t.Length, destination.Length, "download");
+        t.Buffer.View.CopyToCPU(_stream, destination);
+    }
+
+    public void DownloadCodes(SpikeTensor source, Span<sbyte> destination)
+    {
+        Bind();
+        var s = Own(source);
+        SameLength(s.Length, destination.Length, "download of spike codes");
+        s.Codes.View.CopyToCPU(_stream, destination);
+    }
+
+    public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination)
+    {
+        Bind();
+        var s = Own(destination);
+        SameLength(s.Length, source.Length, "upload of spike codes");
+        int active = 0;
+        foreach (var code in source) if (code != 0) active++;
+        s.Codes.View.CopyFromCPU(_stream, source);
+        s.Active.View.CopyFromCPU(_stream, [active]);
+    }
+
+    public void ReadCounters(StepCounters counters, Span<long> spikes, Span<long> sops)
+    {
+        Bind();
+        var c = Own(counters);
+        var totals = new long[2 * c.Images];
+        c.Buffer.View.CopyToCPU(_stream, totals);
+        totals.AsSpan(0, c.Images).CopyTo(spikes);
+        totals.AsSpan(c.Images).CopyTo(sops);
+    }
+
+    public void Clear(DeviceTensor tensor)
+    {
+        Bind();
+        Own(tensor).Buffer.View.MemSetToZero(_stream);
+    }
+
+    public void Clear(StepCounters counters)
+    {
+        Bind();
+        Own(counters).Buffer.View.MemSetToZero(_stream);
+    }
+
+    public void Copy(DeviceTensor source, DeviceTensor destination)
+    {
+        Bind();
+        Tensor s = Own(source), d = Own(destination);
+        SameLength(d.Length, s.Length, "copy");
+        s.Buffer.View.CopyTo(_stream, d.Buffer.View);
+    }
+
+    public void Add(DeviceTensor x, DeviceTensor y)
+    {
+        Bind();
+        Tensor a = Own(x), b = Own(y);
+        SameLength(a.Length, b.Length, "add");
+        _device.Kernels.Add(_stream, _device.Elements(a.Length), a.View, b.View, (int)a.Length);
+    }
+
+    public void SelectToken(DeviceTensor input, int token, DeviceTensor output)
+    {
+        Bind();
+        Tensor i = Own(input), o = Own(output);
+        // input (B, N, D) → output (B, D)
+        int images = input.Shape[0], tokens = input.Shape[1], width = input.Shape[2];
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)token, (uint)tokens, nameof(token));
+        SameLength((long)images * width, o.Length, "selected token");
+        _device.Kernels.SelectToken(_stream, _device.Elements(o.Length), i.View, o.View, images, tokens, width, token);
+    }
+
+    public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
+    {
+        Bind();
+        Tensor x = Own(input), v = Own(membrane);
+        Spikes s = Own(spikes);
+        Counters c = Own(counters);
+        SameLength(x.Length, v.Length, "membrane");
+        SameLength(x.Length, s.Length, "spikes");
+        SameLength(x.Images, c.Images, "counters (images)");
+        int images = x.Images, perImage = (int)(x.Length / images);
+        long chunksPerImage = (perImage + (long)_device.GroupSize * StepKernels.FireElementsPerThread - 1) / (_device.GroupSize * StepKernels.FireElementsPerThread);
+        s.Active.View.MemSetToZero(_stream);
+        _device.Kernels.Fire(_stream, _device.Groups(images * chunksPerImage, _device.GroupSize),
+            x.View, v.View, new SpikeOutput(s.Codes.View, s.Active.View, Neuron(s)), c.Buffer.View, images, perImage, fanOut);
+    }
+
+    /// <summary>
+    /// Both spike-linear kernels are queued; each reads the input's spike count on the device and only the one its
+    /// density selects does any work (the other's groups return at once). Density = spikes / (rows · In), compared
+    /// with <see cref="EventDrivenMaxDensity"/> as a spike-count limit.
+    /// </summary>
+    public void SpikeLinear(SpikeTensor input, LinearLayer layer, DeviceTensor output)
+    {
+        Bind();
+        Spikes s = Own(input);
+        Tensor o = Own(output);
+        SameLength(layer.In, s.Columns, "spike-linear input features");
+        SameLength(s.Rows * layer.Out, o.Length, "spike-linear output");
+        var (weightT, bias) = _device.Linear(layer);
+        int rows = (int)s.Rows;
+        int maxEventActive = EventDrivenMaxDensity <= 0 ? -1 : (int)Math.Min(int.MaxValue, Math.Floor(EventDrivenMaxDensity * rows * layer.In));
+        var args = new SpikeLinearArgs(s.Codes.View, Neuron(s), weightT, bias, o.View, s.Active.View, _paths.View, rows, layer.In, layer.Out, maxEventActive);
+        var events = Events((long)rows * layer.In, rows);
+        int width = _device.GroupSize * ProductKernels.EventOutputsPerThread;
+        _device.Kernels.CompactEvents(_stream, _device.Groups(rows, _device.GroupSize), args, events);
+        _device.Kernels.AccumulateEvents(_stream, _device.Groups((long)rows * ((layer.Out + width - 1) / width), _device.GroupSize), args, events);
+        var dense = new DenseSpikeLinear(args);
+        _device.Kernels.DenseSpikeLinear(_stream, TileLaunch(1, rows, layer.Out), dense, _device.TileSide);
+    }
+
+    public void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output)
+    {
+        Bind();
+        Tensor i = Own(input), o = Own(output);
+        SameLength(layer.In, i.Columns, "linear input features");
+        SameLength(i.Rows * layer.Out, o.Length, "linear output");
+        var (weightT, bias) = _device.Linear(layer);
+        int rows = (int)i.Rows;
+        _device.Kernels.FloatLinear(_stream, TileLaunch(1, rows, layer.Out),
+            new FloatLinear(i.View, weightT, bias, o.View, rows, layer.In, layer.Out), _device.TileSide);
+    }
+
+    /// <summary>Launch shape of a tiled product: one group of S×S threads per (block, 4S × 4S output tile).</summary>
+    KernelConfig TileLaunch(long blocks, int rows, int columns)
+    {
+        int tile = 4 * _device.TileSide;
+        long tiles = blocks * ((rows + tile - 1) / tile) * ((columns + tile - 1) / tile);
+        return _device.Groups(tiles, _device.TileSide * _device.TileSide);
+    }
+
+    EcViews Ec(Tensor input, EcState state, Tensor output)
+    {
+        Tensor sum = Own(state.InputSum), cumulative = Own(state.OutputSum);
+        SameLength(input.Length, sum.Length, "EC input sum");
+        SameLength(input.Length, cumulative.Length, "EC cumulative output");
+        SameLength(input.Length, output.Length, "EC output");
+        return new EcViews(input.View, sum.View, cumulative.View, output.View);
+    }
+
+    /// <summary>Threads per group for a row-wise kernel over rows of <paramref name="width"/>: enough to cover a row, at most the device's group.</summary>
+    int RowGroupSize(int width)
+    {
+        int size = _device.Accelerator.WarpSize;
+        while (size < width && size < _device.GroupSize) size *= 2;
+        return Math.Min(size, _device.GroupSize);
+    }
+
+    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output)
+    {
+        Bind();
+        Tensor x = Own(input);
+        var ec = Ec(x, state, Own(output));
+        SameLength(norm.Dim, x.Columns, "LayerNorm channels");
+        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        var (gamma, beta) = _device.LayerNorm(norm);
+        int rows = (int)x.Rows, width = x.Columns;
+        _device.Kernels.LayerNormEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, gamma, beta, norm.Eps, rows, width, t);
+    }
+
+    public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    {
+        Bind();
+        Tensor x = Own(input);
+        var ec = Ec(x, state, Own(output));
+        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        _device.Kernels.GeluEc(_stream, _device.Elements(x.Length), ec, (int)x.Length, t);
+    }
+
+    public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    {
+        Bind();
+        Tensor x = Own(input);
+        var ec = Ec(x, state, Own(output));
+        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        int rows = (int)x.Rows, width = x.Columns;
+        _device.Kernels.SoftmaxEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, rows, width, t);
+    }
+
+    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+        DeviceTensor scores, StepCounters counters)
+    {
+        Bind();
+        Spikes s = Own(qkv);
+        Tensor sums = Own(qkvSums), p = Own(products), o = Own(scores);
+        Counters c = Own(counters);
+        int images = s.Images, tokens = s.Shape[1], dim = s.Columns / 3;
+        CheckAttention(s, sums, heads, t, c);
+        SameLength((long)images * heads * tokens * tokens, p.Length, "score products");
+        SameLength(p.Length, o.Length, "scores");
+        var product = new ScoresProduct(s.Codes.View, Neuron(s), sums.View, p.View, o.View, images, heads, tokens, dim, scale, t);
+        _device.Kernels.Scores(_stream, TileLaunch((long)images * heads, tokens, tokens), product, _device.TileSide);
+        // SOPs of the three products from the sums before this step, then S_Q += Q, S_K += K (SopKernels).
+        var columns = Scratch((long)images * dim * 4);
+        long channelChunks = (dim + _device.GroupSize - 1) / _device.GroupSize;
+        _device.Kernels.ScoreColumns(_stream, _device.Groups(images * TokenChunks(tokens) * channelChunks, _device.GroupSize), product, columns);
+        _device.Kernels.ScoreOperations(_stream, _device.Groups(images * channelChunks, _device.GroupSize), product, columns, c.Buffer.View);
+    }
+
+    public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
+        int heads, int t, DeviceTensor output, StepCounters counters)
+    {
+        Bind();
+        Spikes a = Own(probs), s = Own(qkv);
+        Tensor aSums = Own(probSums), sums = Own(qkvSums), p = Own(products), o = Own(output);
+        Counters c = Own(counters);
+        int images = s.Images, tokens = s.Shape[1], dim = s.Columns / 3;
+        CheckAttention(s, sums, heads, t, c);
+        SameLength((long)images * heads * tokens * tokens, a.Length, "probabilities");
+        SameLength(a.Length, aSums.Length, "probability sums");
+        SameLength((long)images * tokens * dim, p.Length, "value products");
+        SameLength(p.Length, o.Length, "attention output");
+        var product = new ValuesProduct(a.Codes.View, Neuron(a), aSums.View, s.Codes.View, Neuron(s), sums.View, p.View, o.View,
+            images, heads, tokens, dim, t);
+        _device.Kernels.Values(_stream, TileLaunch((long)images * heads, tokens, dim / heads), product, _device.TileSide);
+        // SOPs of the three products from the sums before this step, then S_A += A, S_V += V (SopKernels).
+        var columns = Scratch((long)images * heads * tokens * 4);
+        long keyChunks = (tokens + _device.GroupSize - 1) / _device.GroupSize;
+        _device.Kernels.ProbColumns(_stream, _device.Groups((long)images * heads * TokenChunks(tokens) * keyChunks, _device.GroupSize), product, columns);
+        _device.Kernels.ValueRows(_stream, _device.Groups((long)images * tokens, _device.GroupSize), product, columns);
+        _device.Kernels.ValueOperations(_stream, _device.Groups((long)images * heads * keyChunks, _device.GroupSize), product, columns, c.Buffer.View);
+    }
+
+    /// <summary>Scratch for the event lists of the event-driven spike-linear path; grown on demand.</summary>
+    EventLists Events(long entries, int rows)
+    {
+        if (_eventIndex is null || _eventIndex.Length < entries)
+        {
+            _eventIndex?.Dispose();
+            _eventValue?.Dispose();
+            _eventIndex = _device.Accelerator.Allocate1D<int>(CheckedLength(entries));
+            _eventValue = _device.Accelerator.Allocate1D<float>(CheckedLength(entries));
+            // Only entries below each row's count are read; zeroed anyway so that no launch ever sees garbage.
+            _eventIndex.View.MemSetToZero(_stream);
+            _eventValue.View.MemSetToZero(_stream);
+        }
+        if (_eventCount is null || _eventCount.Length < rows)
+        {
+            _eventCount?.Dispose();
+            _eventCount = _device.Accelerator.Allocate1D<int>(rows);
+        }
+        return new EventLists(_eventIndex.View, _eventValue!.View, _eventCount.View);
+    }
+
+    static long TokenChunks(int tokens) => (tokens + SopKernels.TokensPerItem - 1) / SopKernels.TokensPerItem;
+
+    /// <summary>
+    /// The SOP kernels' scratch of per-column counts, at least <paramref name="length"/> ints, all zero between calls
+    /// (the kernels zero what they used); grown on demand, reused by every attention call of this instance.
+    /// </summary>
+    ArrayView<int> Scratch(long length)
+    {
+        if (_columns is null || _columns.Length < length)
+        {
+            _columns?.Dispose();
+            _columns = _device.Accelerator.Allocate1D<int>(CheckedLength(length));
+            _columns.View.MemSetToZero(_stream);
+        }
+        return _columns.View;
+    }
+
+    static void CheckAttention(Spikes qkv, Tensor sums, int heads, int t, Counters counters)
+    {
+        if (qkv.Shape.Length != 3 || qkv.Columns % 3 != 0) throw new ArgumentException("qkv must be (B, N, 3D)");
+        ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
+        if (qkv.Columns / 3 % heads != 0) throw new ArgumentException($"D = {qkv.Columns / 3} is not divisible by {heads} heads");
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(heads, SopKernels.MaxHeads);
+        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        SameLength(qkv.Length, sums.Length, "qkv sums");
+        SameLength(qkv.Images, counters.Images, "counters (images)");
+    }
+
+    public void Synchronize()
+    {
+        Bind();
+        _stream.Synchronize();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _device.Bind();
+        _stream.Synchronize();
+        _paths.Dispose();
+        foreach (var scratch in new MemoryBuffer?[] { _columns, _eventIndex, _eventValue, _eventCount }) scratch?.Dispose();
+        _stream.Dispose();
+        _disposed = true;
+    }
+}
