@@ -288,9 +288,3 @@ public abstract class BackendConformance : IDisposable
         x.AssertClose("clear");
     }
 }
-
-/// <summary>The reference held to itself: keeps the suite honest (it must pass trivially) and runs everywhere.</summary>
-public sealed class ReferenceBackendConformance : BackendConformance
-{
-    protected override ISpikingBackend CreateBackend() => new ReferenceBackend();
-}
