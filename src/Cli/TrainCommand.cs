@@ -25,10 +25,11 @@ static class TrainCommand
         var warmup = new Option<int>("--warmup") { Description = "Epochs of linear learning-rate warm-up", DefaultValueFactory = _ => 2 };
         var weightDecay = new Option<double>("--weight-decay") { Description = "AdamW weight decay", DefaultValueFactory = _ => 0.05 };
         var smoothing = new Option<double>("--label-smoothing") { Description = "Label smoothing", DefaultValueFactory = _ => 0.1 };
+        var threads = new Option<int?>("--threads") { Description = "libtorch threads (default: one per core; use fewer on a shared machine, where OpenMP threads waiting on each other waste most of the time)" };
         var shift = new Option<int>("--max-shift") { Description = "Augmentation: random shifts up to this many pixels plus horizontal flips (0: none)", DefaultValueFactory = _ => 2 };
         var command = new Command("train", "Train a small ViT on Fashion-MNIST (libtorch, CPU); 5,000 training images are held out, the test set is never used.")
         {
-            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit, warmup, weightDecay, smoothing, shift,
+            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit, warmup, weightDecay, smoothing, shift, threads,
         };
         command.SetAction(parse =>
         {
@@ -40,6 +41,7 @@ static class TrainCommand
                 Seed = parse.GetValue(seed), Limit = parse.GetValue(limit), WarmupEpochs = parse.GetValue(warmup),
                 WeightDecay = parse.GetValue(weightDecay), LabelSmoothing = parse.GetValue(smoothing), MaxShift = parse.GetValue(shift),
             };
+            TorchRuntime.EnsureLoaded(parse.GetValue(threads));
             var train = FashionMnist.Load(Split.Train);
             var holdout = FashionMnist.Load(Split.Holdout);
             var clock = Stopwatch.StartNew();

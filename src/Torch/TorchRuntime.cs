@@ -16,7 +16,10 @@ public static class TorchRuntime
     static readonly Lock Gate = new();
     static bool _ready;
 
-    /// <summary>Call before any TorchSharp API. Idempotent and thread-safe.</summary>
+    /// <summary>
+    /// Call before any TorchSharp API. Idempotent and thread-safe. <paramref name="threads"/> sets libtorch's
+    /// thread count (the first call without it sets one per core).
+    /// </summary>
     public static void EnsureLoaded(int? threads = null)
     {
         lock (Gate)
@@ -24,9 +27,13 @@ public static class TorchRuntime
             if (!_ready)
             {
                 if (OperatingSystem.IsLinux()) WeakenMissingLibStdCxxVersions();
+                torch.set_num_threads(threads ?? Environment.ProcessorCount);
                 _ready = true;
             }
-            torch.set_num_threads(threads ?? Environment.ProcessorCount);
+            else if (threads is int n)
+            {
+                torch.set_num_threads(n);
+            }
         }
     }
 
