@@ -1,3 +1,4 @@
+using Ecmt.Kernels.Cpu;
 using Ecmt.Kernels.Reference;
 
 namespace Ecmt.Kernels;
@@ -52,6 +53,9 @@ public static class Backends
     public static ISpikingBackend Create(BackendKind kind) => kind switch
     {
         BackendKind.Reference => new ReferenceBackend(),
+        BackendKind.FastCpu => new FastCpuBackend(),
+        // No GPU backend is built yet, so auto is the fast CPU path.
+        BackendKind.Auto => new FastCpuBackend(),
         _ => throw new BackendUnavailableException($"backend '{NameOf(kind)}' is not built yet"),
     };
 }
