@@ -5,5 +5,6 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
 {
     TrainCommand.Create(),
     EvalCommand.Create(),
+    BenchCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -137,6 +137,30 @@ public sealed class FastCpuKernelTests : IDisposable
         Assert.Equal(Read(_reference, ve), Read(_fast, va));
     }
 
+    [Fact]
+    public void Vector_exp_and_GELU_follow_the_scalar_formulas()
+    {
+        var rng = new Random(5);
+        var x = Enumerable.Range(0, 4096).Select(i => i < 2048 ? -95f + 190f * i / 2048 : (float)(rng.NextDouble() * 16 - 8)).ToArray();
+        var lanes = new float[16];
+        for (int i = 0; i < x.Length; i += 16)
+        {
+            var v = System.Runtime.Intrinsics.Vector512.Create(x, i);
+            System.Runtime.Intrinsics.Vector512.CopyTo(EcKernels.Exp(v), lanes);
+            for (int j = 0; j < 16; j++)
+            {
+                float expected = MathF.Exp(x[i + j]);
+                Assert.True(MathF.Abs(lanes[j] - expected) <= 3e-7f * expected + 1.2e-38f, $"exp({x[i + j]}) = {lanes[j]}, MathF.Exp gives {expected}");
+            }
+            System.Runtime.Intrinsics.Vector512.CopyTo(EcKernels.Gelu(v), lanes);
+            for (int j = 0; j < 16; j++)
+            {
+                float expected = ReferenceMath.Gelu(x[i + j]);
+                Assert.True(MathF.Abs(lanes[j] - expected) <= 1e-6f * (1 + MathF.Abs(x[i + j])), $"gelu({x[i + j]}) = {lanes[j]}, reference {expected}");
+            }
+        }
+    }
+
     public static TheoryData<string, double> LinearCases => new()
     {
         // Out a multiple of 64 (register blocks only) and not (16-wide and scalar tails); densities around the switch

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
@@ -425,13 +426,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
                         float* s = sums + e;
                         for (int h = 0; h < heads; h++)
                         {
-                            int now = 0, before = 0;
-                            for (int c = h * dh; c < (h + 1) * dh; c++)
-                            {
-                                if (values[c] != 0) now++;
-                                if (s[c] != 0) before++;
-                                s[c] += values[c];
-                            }
+                            var (now, before) = AdvanceAndCountAll(s + h * dh, values + h * dh, dh);
                             int* column = counts + ((long)image * heads + h) * 2 * n;
                             total += (long)column[token] * before + (long)column[n + token] * now + (long)column[token] * now;
                         }
@@ -482,6 +477,27 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             if (sums[i] != 0) before[i]++;
             sums[i] += values[i];
         }
+    }
+
+    /// <summary>sums (count) += values (count); returns how many values are non-zero and how many sums were before the add.</summary>
+    static (int Now, int Before) AdvanceAndCountAll(float* sums, float* values, int count)
+    {
+        int now = 0, before = 0, i = 0;
+        for (; i + 16 <= count; i += 16)
+        {
+            var v = Vector512.Load(values + i);
+            var s = Vector512.Load(sums + i);
+            now += 16 - BitOperations.PopCount(Vector512.Equals(v, Vector512<float>.Zero).ExtractMostSignificantBits());
+            before += 16 - BitOperations.PopCount(Vector512.Equals(s, Vector512<float>.Zero).ExtractMostSignificantBits());
+            (s + v).Store(sums + i);
+        }
+        for (; i < count; i++)
+        {
+            if (values[i] != 0) now++;
+            if (sums[i] != 0) before++;
+            sums[i] += values[i];
+        }
+        return (now, before);
     }
 
     /// <summary>
