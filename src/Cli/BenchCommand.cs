@@ -28,11 +28,12 @@ static class BenchCommand
         var repeats = new Option<int>("--repeats") { Description = "Images run through all T steps, each after a reset", DefaultValueFactory = _ => 2 };
         var backend = new Option<string>("--backend") { Description = "auto (CUDA when present, else fastcpu), fastcpu, reference, cuda, opencl or cpu", DefaultValueFactory = _ => "auto" };
         var profile = new Option<bool>("--profile") { Description = "Also time every backend operation over the measured steps (adds \"profile\" to the JSON)" };
+        var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, OpenBLAS and the fast CPU loops (default: every core)" };
         var calibrationImages = new Option<int>("--random-calibration-images") { Description = $"Random images that calibrate {RandomVitSmall}", DefaultValueFactory = _ => 4 };
         var command = new Command("bench",
             $"Time one SNN step against libtorch's ANN forward of the same ViT; prints one JSON object. --model DIR or --model {RandomVitSmall} (ViT-S/16 shape, random weights calibrated on random images).")
         {
-            batch, steps, warmup, repeats, backend, profile, calibrationImages,
+            batch, steps, warmup, repeats, backend, profile, threads, calibrationImages,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
@@ -48,15 +49,21 @@ static class BenchCommand
             var model = new SpikingModel(converted);
             var kind = Backends.Parse(parse.GetValue(backend));
             bool profiling = parse.GetValue(profile);
+            int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
+            ArgumentOutOfRangeException.ThrowIfLessThan(threadCount, 1, "--threads");
+            Kernels.Cpu.OpenBlas.Threads = threadCount;
             ISpikingBackend chosen = Backends.Create(kind);
+            if (chosen is Kernels.Cpu.FastCpuBackend fast) fast.Threads = threadCount;
             var profiler = profiling ? new ProfilingBackend(chosen) : null;
             using var spiking = profiler ?? chosen;
             using var session = new SpikingSession(model, spiking, b);
 
-            TorchRuntime.EnsureLoaded();
+            TorchRuntime.EnsureLoaded(threadCount);
             using var ann = new TorchVit(config);
             ann.LoadWeights(converted.Weights);
             ann.eval();
+            // TorchVit's constructor calls EnsureLoaded() again, which resets libtorch to every core: set it back.
+            TorchRuntime.EnsureLoaded(threadCount);
             using var input = tensor(images, [b, config.InChannels, config.ImageSize, config.ImageSize]);
 
             double AnnForward()
@@ -72,16 +79,19 @@ static class BenchCommand
             session.Reset(images);
             for (int step = 0; step < Math.Min(t, skip + 1); step++) session.Next();
 
+            string? loadBefore = LoadAverage();
+            profiler?.Reset();
             var annMs = new List<double>();
             var stepMs = new List<double>();
             StepOutput? last = null;
             for (int round = 0; round < rounds; round++)
             {
+                if (profiler is not null) profiler.Enabled = false;
                 session.Reset(images);
                 for (int step = 1; step <= t; step++)
                 {
                     annMs.Add(AnnForward());
-                    if (step == skip + 1) profiler?.Reset();
+                    if (profiler is not null) profiler.Enabled = step > skip;
                     long start = Stopwatch.GetTimestamp();
                     last = session.Next();
                     double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
@@ -107,7 +117,11 @@ static class BenchCommand
                 ["step_over_ann_median"] = Math.Round(Median(stepMs) / Median(annMs), 3),
                 ["ann_forwards"] = annMs.Count,
                 ["snn_steps_timed"] = stepMs.Count,
-                ["threads"] = Environment.ProcessorCount,
+                ["threads"] = threadCount,
+                ["cores"] = Environment.ProcessorCount,
+                // Other work on the machine slows both sides, though not always equally: record how busy it was.
+                ["load_average_before"] = loadBefore,
+                ["load_average_after"] = LoadAverage(),
                 ["ann_gflop"] = Math.Round(AnnFlopsPerImage(config) * b / 1e9, 2),
                 ["state_mb_per_image"] = Math.Round(stateBytes / 1e6, 1),
                 ["ann_activations_mb_per_image"] = Math.Round(activationBytes / 1e6, 1),
@@ -199,6 +213,10 @@ static class BenchCommand
         }
         return table;
     }
+
+    /// <summary>The 1-, 5- and 15-minute load averages (Linux), or null.</summary>
+    static string? LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null;
 
     static double Median(List<double> values)
     {

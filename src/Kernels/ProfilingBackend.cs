@@ -19,6 +19,9 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
     public ISpikingBackend Inner { get; } = inner;
     public string Name => Inner.Name;
 
+    /// <summary>Whether calls are recorded; when false they only pass through.</summary>
+    public bool Enabled { get; set; } = true;
+
     public void Reset() => _ops.Clear();
 
     /// <summary>The profile so far, most expensive first.</summary>
@@ -29,6 +32,11 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
 
     void Time(string op, Action action, double flops = 0, long elements = 0)
     {
+        if (!Enabled)
+        {
+            action();
+            return;
+        }
         long start = Stopwatch.GetTimestamp();
         action();
         Inner.Synchronize();

@@ -39,7 +39,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// (docs/benchmarks.md): the event-driven product of a ViT-S/16 layer costs as much as decode + sgemm at a density
     /// of about this value.
     /// </summary>
-    public const double DefaultEventDrivenMaxDensity = 0.08;
+    public const double DefaultEventDrivenMaxDensity = 0.15;
 
     /// <summary>Elements below which a loop runs on the calling thread.</summary>
     const long Grain = 16 * 1024;
@@ -56,6 +56,9 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     /// <summary>Spike density (non-zero codes over all codes of the input) at or below which <see cref="SpikeLinear"/> goes event-driven.</summary>
     public double EventDrivenMaxDensity { get; set; } = DefaultEventDrivenMaxDensity;
+
+    /// <summary>Threads the elementwise loops use (OpenBLAS has its own, process-wide setting: <see cref="OpenBlas.Threads"/>).</summary>
+    public int Threads { get; set; } = Environment.ProcessorCount;
 
     /// <summary>The path the last <see cref="SpikeLinear"/> call took.</summary>
     public SpikeLinearPath LastSpikeLinearPath { get; private set; }
@@ -106,7 +109,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void Clear(DeviceTensor tensor)
     {
         var x = T(tensor);
-        Parallelism.For(x.Length, 4 * Grain, (a, b) => new Span<float>(x.P + a, (int)(b - a)).Clear());
+        Parallelism.For(Threads, x.Length, 4 * Grain, (a, b) => new Span<float>(x.P + a, (int)(b - a)).Clear());
     }
 
     public void Clear(StepCounters counters)
@@ -119,13 +122,13 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void Copy(DeviceTensor source, DeviceTensor destination)
     {
         Tensor from = T(source), to = T(destination);
-        Parallelism.For(from.Length, 4 * Grain, (a, b) => new Span<float>(from.P + a, (int)(b - a)).CopyTo(new Span<float>(to.P + a, (int)(b - a))));
+        Parallelism.For(Threads, from.Length, 4 * Grain, (a, b) => new Span<float>(from.P + a, (int)(b - a)).CopyTo(new Span<float>(to.P + a, (int)(b - a))));
     }
 
     public void Add(DeviceTensor x, DeviceTensor y)
     {
         Tensor a = T(x), b = T(y);
-        Parallelism.For(a.Length, 4 * Grain, (s, e) =>
+        Parallelism.For(Threads, a.Length, 4 * Grain, (s, e) =>
         {
             var target = new Span<float>(a.P + s, (int)(e - s));
             System.Numerics.Tensors.TensorPrimitives.Add(target, new ReadOnlySpan<float>(b.P + s, (int)(e - s)), target);
@@ -147,7 +150,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         float* x = T(input).P, v = T(membrane).P;
         var s = S(spikes);
         long perImage = input.Length / input.Images;
-        var fired = Parallelism.ForImages(input.Images, perImage, Grain, (image, start, end) =>
+        var fired = Parallelism.ForImages(Threads, input.Images, perImage, Grain, (image, start, end) =>
         {
             long offset = image * perImage + start;
             return s.Tables.Fire(x + offset, v + offset, s.P + offset, offset, end - start);
@@ -178,7 +181,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     void DenseLinear(Spikes s, LinearLayer layer, Tensor y)
     {
         float* values = Scratch(s.Length);
-        Parallelism.For(s.Length, Grain, (a, b) => s.Tables.Decode(s.P + a, values + a, a, b - a), align: NeuronTables.Block);
+        Parallelism.For(Threads, s.Length, Grain, (a, b) => s.Tables.Decode(s.P + a, values + a, a, b - a), align: NeuronTables.Block);
         int rows = (int)s.Rows;
         OpenBlas.Linear(new ReadOnlySpan<float>(values, (int)s.Length), rows, layer.In, layer.Weight, layer.Bias, layer.Out, y.Span);
     }
@@ -195,7 +198,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         var bias = layer.Bias;
         // Grain in rows: about Grain multiply-adds at a density of a few percent.
         long grain = Math.Max(1, Grain * 16 / ((long)inFeatures * outFeatures / 16 + 1));
-        Parallelism.For(rows, grain, (r0, r1) =>
+        Parallelism.For(Threads, rows, grain, (r0, r1) =>
         {
             float[] values = ArrayPool<float>.Shared.Rent(inFeatures);
             int[] index = ArrayPool<int>.Shared.Rent(inFeatures);
@@ -277,7 +280,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         float eps = norm.Eps;
         var gamma = norm.Gamma;
         var beta = norm.Beta;
-        Parallelism.For(input.Rows, Grain / d + 1, (r0, r1) =>
+        Parallelism.For(Threads, input.Rows, Grain / d + 1, (r0, r1) =>
         {
             fixed (float* g = gamma, b = beta)
             {
@@ -293,7 +296,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
     {
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
-        Parallelism.For(input.Length, Grain, (a, b) => EcKernels.Gelu(x + a, sum + a, cumulative + a, o + a, b - a, t), align: 16);
+        Parallelism.For(Threads, input.Length, Grain, (a, b) => EcKernels.Gelu(x + a, sum + a, cumulative + a, o + a, b - a, t), align: 16);
     }
 
     public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
@@ -301,7 +304,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         // input, sums, output (rows, keys)
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
         int n = input.Columns;
-        Parallelism.For(input.Rows, Grain / n + 1, (r0, r1) =>
+        Parallelism.For(Threads, input.Rows, Grain / n + 1, (r0, r1) =>
         {
             for (long r = r0; r < r1; r++)
             {
@@ -322,7 +325,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         // 1. S_Q, S_K += this step's q, k; count per channel the tokens where Q, K (this step) and S_Q, S_K (before it)
         //    are non-zero. Channel c of q and channel D + c of k meet in one head, so
         //    SOPs = Σ_c nnz(Q_c)·nnz(S_K(t−1)_c) + nnz(S_Q(t−1)_c)·nnz(K_c) + nnz(Q_c)·nnz(K_c).
-        var sops = Parallelism.ForImages(images, 1, 1, (image, _, _) =>
+        var sops = Parallelism.ForImages(Threads, images, 1, 1, (image, _, _) =>
         {
             int[] counts = ArrayPool<int>.Shared.Rent(4 * d);
             float[] row = ArrayPool<float>.Shared.Rent(2 * d);
@@ -353,20 +356,20 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         });
         AddSops(counters, sops);
 
-        // 2. P(t) = S_Q(t)·S_K(t)ᵀ per image and head, written to the scores buffer.
+        // 2. P(t) = S_Q(t)·S_K(t)ᵀ per image and head, written to the scores buffer, and while it is still in cache
+        // 3. scores = scale · (P(t)/t − P(t−1)/(t−1)); the state keeps P(t).
         long nn = (long)n * n;
         for (int image = 0; image < images; image++)
         {
             for (int h = 0; h < heads; h++)
             {
                 float* sq = sums + (long)image * n * d3 + h * dh, sk = sq + d;
+                long block = ((long)image * heads + h) * nn;
                 OpenBlas.Gemm(n, n, dh, new ReadOnlySpan<float>(sq, (n - 1) * d3 + dh), d3, new ReadOnlySpan<float>(sk, (n - 1) * d3 + dh), d3,
-                    transposeB: true, new Span<float>(o + ((long)image * heads + h) * nn, (int)nn), n);
+                    transposeB: true, new Span<float>(o + block, (int)nn), n);
+                Compensate(o + block, p + block, nn, t, scale);
             }
         }
-
-        // 3. scores = scale · (P(t)/t − P(t−1)/(t−1)); the state keeps P(t).
-        Compensate(o, p, T(scores).Length, t, scale);
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
@@ -382,7 +385,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         // 1. S_A += A and count per key column j the queries where A (now) and S_A (before) are non-zero.
         //    aCounts (B, H, 2, N): [now, before].
         var aCounts = new int[images * heads * 2 * n];
-        Parallelism.For(images * heads, 1, (i0, i1) =>
+        Parallelism.For(Threads, images * heads, 1, (i0, i1) =>
         {
             float[] row = ArrayPool<float>.Shared.Rent(n);
             try
@@ -410,7 +413,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
         // 2. S_V += V and count per token j and head the channels where V (now) and S_V (before) are non-zero,
         //    then SOPs = Σ_h Σ_j nnz(A[:, j])·nnz(S_V(t−1)[j, :]) + nnz(S_A(t−1)[:, j])·nnz(V[j, :]) + nnz(A[:, j])·nnz(V[j, :]).
-        var sops = Parallelism.ForImages(images, 1, 1, (image, _, _) =>
+        var sops = Parallelism.ForImages(Threads, images, 1, 1, (image, _, _) =>
         {
             float[] row = ArrayPool<float>.Shared.Rent(d);
             try
@@ -441,7 +444,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         });
         AddSops(counters, sops);
 
-        // 3. P(t) = S_A(t)·S_V(t) per image and head, into the head's channels of the output buffer.
+        // 3. P(t) = S_A(t)·S_V(t) per image and head, into the head's channels of the output buffer, then per image
+        // 4. output = P(t)/t − P(t−1)/(t−1); the state keeps P(t).
         for (int image = 0; image < images; image++)
         {
             for (int h = 0; h < heads; h++)
@@ -450,10 +454,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
                 OpenBlas.Gemm(n, dh, n, new ReadOnlySpan<float>(sa, (int)nn), n, new ReadOnlySpan<float>(sv, (n - 1) * d3 + dh), d3,
                     transposeB: false, new Span<float>(o + (long)image * n * d + h * dh, (n - 1) * d + dh), d);
             }
+            Compensate(o + (long)image * n * d, p + (long)image * n * d, (long)n * d, t, 1f);
         }
-
-        // 4. output = P(t)/t − P(t−1)/(t−1); the state keeps P(t).
-        Compensate(o, p, T(output).Length, t, 1f);
     }
 
     /// <summary>
@@ -506,40 +508,37 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// </summary>
     static void Compensate(float* o, float* state, long count, int t, float scale)
     {
-        Parallelism.For(count, Grain, (a, b) =>
+        long i = 0;
+        if (t == 1)
         {
-            long i = a;
-            if (t == 1)
-            {
-                var sv = Vector512.Create(scale);
-                for (; i + 16 <= b; i += 16)
-                {
-                    var now = Vector512.Load(o + i);
-                    now.Store(state + i);
-                    (sv * now).Store(o + i);
-                }
-                for (; i < b; i++)
-                {
-                    state[i] = o[i];
-                    o[i] = scale * o[i];
-                }
-                return;
-            }
-            float tf = t, previous = t - 1;
-            Vector512<float> tv = Vector512.Create(tf), pv = Vector512.Create(previous), scaleV = Vector512.Create(scale);
-            for (; i + 16 <= b; i += 16)
+            var sv = Vector512.Create(scale);
+            for (; i + 16 <= count; i += 16)
             {
                 var now = Vector512.Load(o + i);
-                (scaleV * (now / tv - Vector512.Load(state + i) / pv)).Store(o + i);
                 now.Store(state + i);
+                (sv * now).Store(o + i);
             }
-            for (; i < b; i++)
+            for (; i < count; i++)
             {
-                float now = o[i];
-                o[i] = scale * (now / tf - state[i] / previous);
-                state[i] = now;
+                state[i] = o[i];
+                o[i] = scale * o[i];
             }
-        }, align: 16);
+            return;
+        }
+        float tf = t, previous = t - 1;
+        Vector512<float> tv = Vector512.Create(tf), pv = Vector512.Create(previous), scaleV = Vector512.Create(scale);
+        for (; i + 16 <= count; i += 16)
+        {
+            var now = Vector512.Load(o + i);
+            (scaleV * (now / tv - Vector512.Load(state + i) / pv)).Store(o + i);
+            now.Store(state + i);
+        }
+        for (; i < count; i++)
+        {
+            float now = o[i];
+            o[i] = scale * (now / tf - state[i] / previous);
+            state[i] = now;
+        }
     }
 
     static void AddSops(StepCounters counters, long[] sops)
