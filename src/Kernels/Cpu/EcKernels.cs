@@ -16,6 +16,7 @@ static unsafe class EcKernels
     const int W = 16;
 
     /// <summary>x, sum, cumulative, o (d): one row of EC-LayerNorm with gamma, beta (d).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void LayerNormRow(float* x, float* sum, float* cumulative, float* o, int d, float* gamma, float* beta, float eps, int t)
     {
         float tf = t;
@@ -66,6 +67,7 @@ static unsafe class EcKernels
     }
 
     /// <summary>x, sum, cumulative, o (n): one row of EC-softmax over n keys.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SoftmaxRow(float* x, float* sum, float* cumulative, float* o, int n, int t)
     {
         float tf = t;
@@ -116,6 +118,7 @@ static unsafe class EcKernels
     }
 
     /// <summary>x, sum, cumulative, o (count): EC-GELU elementwise.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Gelu(float* x, float* sum, float* cumulative, float* o, long count, int t)
     {
         float tf = t;

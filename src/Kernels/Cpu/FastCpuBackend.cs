@@ -29,6 +29,8 @@ public enum SpikeLinearPath
 /// (Σ_j nnz(X[:, j])·nnz(Y[j, :]) for A·S_B(t−1), S_A(t−1)·B and A·B), from per-column and per-row non-zero counts.</item>
 /// </list>
 /// </para>
+/// Hot loops are marked AggressiveOptimization: compiled optimised at once rather than first as tier-0 code, whose
+/// vector loops are many times slower and which a short run (a benchmark, a small model) would spend its time in.
 /// Concurrency: an instance is used by one thread at a time (its scratch memory is its own); any number of instances
 /// may run at once. Transposed weights and neuron tables are built once per process and shared.
 /// </summary>
@@ -198,7 +200,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         var bias = layer.Bias;
         // Grain in rows: about Grain multiply-adds at a density of a few percent.
         long grain = Math.Max(1, Grain * 16 / ((long)inFeatures * outFeatures / 16 + 1));
-        Parallelism.For(Threads, rows, grain, (r0, r1) =>
+        Parallelism.For(Threads, rows, grain, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (r0, r1) =>
         {
             float[] values = ArrayPool<float>.Shared.Rent(inFeatures);
             int[] index = ArrayPool<int>.Shared.Rent(inFeatures);
@@ -233,6 +235,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     }
 
     /// <summary>y (out) = bias (out) + Σ_m value[m] · wt[index[m], :], wt (In, out) row-major.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void AccumulateRows(float* y, float* bias, float* wt, int outFeatures, int* index, float* value, int count)
     {
         int o = 0;
@@ -387,27 +390,26 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         var aCounts = new int[images * heads * 2 * n];
         Parallelism.For(Threads, images * heads, 1, (i0, i1) =>
         {
-            float[] row = ArrayPool<float>.Shared.Rent(n);
+            // One (N, N) block at a time, decoded whole (long vector runs) into a buffer that stays in cache.
+            float[] block = ArrayPool<float>.Shared.Rent((int)nn);
             try
             {
-                fixed (float* values = row)
+                fixed (float* values = block)
                 fixed (int* counts = aCounts)
                 {
                     for (long item = i0; item < i1; item++)
                     {
                         int* now = counts + item * 2 * n, before = now + n;
+                        long e = item * nn;
+                        a.Tables.Decode(a.P + e, values, e, nn);
                         for (int query = 0; query < n; query++)
-                        {
-                            long e = (item * n + query) * n;
-                            a.Tables.Decode(a.P + e, values, e, n);
-                            AdvanceAndCount(sumA + e, values, n, now, before);
-                        }
+                            AdvanceAndCount(sumA + e + (long)query * n, values + (long)query * n, n, now, before);
                     }
                 }
             }
             finally
             {
-                ArrayPool<float>.Shared.Return(row);
+                ArrayPool<float>.Shared.Return(block);
             }
         });
 
@@ -461,6 +463,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// <summary>
     /// sums (count) += values (count); per element, now[i] counts values ≠ 0 and before[i] counts sums ≠ 0 before the add.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void AdvanceAndCount(float* sums, float* values, int count, int* now, int* before)
     {
         int i = 0;
@@ -482,6 +485,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     }
 
     /// <summary>sums (count) += values (count); returns how many values are non-zero and how many sums were before the add.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static (int Now, int Before) AdvanceAndCountAll(float* sums, float* values, int count)
     {
         int now = 0, before = 0, i = 0;
@@ -506,6 +510,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// Matrix-product EC from the direct products: o holds P(t) on entry and scale·(P(t)/t − P(t−1)/(t−1)) on exit
     /// (scale·P(1) at t = 1); state holds P(t−1) on entry and P(t) on exit.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Compensate(float* o, float* state, long count, int t, float scale)
     {
         long i = 0;

@@ -91,6 +91,7 @@ sealed unsafe class NeuronTables
     /// index <paramref name="start"/> in its tensor (which decides the groups): v += x; code = fire(v); v −= value(code).
     /// x, v (count) floats, codes (count) bytes. Returns how many neurons fired.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public long Fire(float* x, float* v, sbyte* codes, long start, long count)
     {
         long fired = 0, i = 0;
@@ -179,6 +180,7 @@ sealed unsafe class NeuronTables
     /// The value of every spike code over <paramref name="count"/> elements starting at flat index
     /// <paramref name="start"/>: codes (count) bytes → values (count) floats. Returns the number of non-zero codes.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public long Decode(sbyte* codes, float* values, long start, long count)
     {
         long nonZero = 0, i = 0;
@@ -192,6 +194,7 @@ sealed unsafe class NeuronTables
                     long runEnd = Neuron.Groups == 1 ? count : Math.Min(count, i + Neuron.Inner - (start + i) % Neuron.Inner);
                     float* rows = Rows(g);
                     for (; i + Block <= runEnd; i += Block) nonZero += DecodeBlock(codes + i, values + i, rows, Stride, n);
+                    for (; i + 16 <= runEnd; i += 16) nonZero += Decode16(codes + i, values + i, rows, Stride, n);
                     for (; i < runEnd; i++) nonZero += DecodeOne(codes, values, i, g);
                 }
                 break;
@@ -201,6 +204,11 @@ sealed unsafe class NeuronTables
                 {
                     nonZero += DecodeBlock(codes + i, values + i, Rows(0) + offset, Stride, n);
                     offset = (offset + Block) % period;
+                }
+                for (; i + 16 <= count; i += 16)
+                {
+                    nonZero += Decode16(codes + i, values + i, Rows(0) + offset, Stride, n);
+                    offset = (offset + 16) % period;
                 }
                 for (; i < count; i++) nonZero += DecodeOne(codes, values, i, Neuron.GroupOf(start + i));
                 break;
@@ -232,6 +240,17 @@ sealed unsafe class NeuronTables
         return Block - BitOperations.PopCount(Vector512.Equals(packed, Vector512<sbyte>.Zero).ExtractMostSignificantBits());
     }
 
+    /// <summary>16 codes: the tail of a run shorter than a block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static int Decode16(sbyte* codes, float* values, float* rows, int stride, int levels)
+    {
+        var packed = Vector128.Load(codes);
+        var shorts = Vector256.Create(Vector128.WidenLower(packed), Vector128.WidenUpper(packed));
+        var code = Vector512.Create(Vector256.WidenLower(shorts), Vector256.WidenUpper(shorts));
+        DecodeVector(code, rows + 2 * levels * stride, rows + (2 * levels + 1) * stride).Store(values);
+        return 16 - BitOperations.PopCount(Vector128.Equals(packed, Vector128<sbyte>.Zero).ExtractMostSignificantBits());
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<float> DecodeVector(Vector512<int> code, float* lambdaPos, float* negLambdaNeg)
     {
@@ -240,6 +259,7 @@ sealed unsafe class NeuronTables
     }
 
     /// <summary>Non-zero codes among count bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static long CountNonZero(sbyte* codes, long count)
     {
         long nonZero = 0, i = 0;
