@@ -29,11 +29,12 @@ static class BenchCommand
         var backend = new Option<string>("--backend") { Description = "auto (CUDA when present, else fastcpu), fastcpu, reference, cuda, opencl or cpu", DefaultValueFactory = _ => "auto" };
         var profile = new Option<bool>("--profile") { Description = "Also time every backend operation over the measured steps (adds \"profile\" to the JSON)" };
         var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, OpenBLAS and the fast CPU loops (default: every core)" };
+        var check = new Option<bool>("--check-reference") { Description = "Also run the same images and steps on the reference backend and report how far the outputs are apart" };
         var calibrationImages = new Option<int>("--random-calibration-images") { Description = $"Random images that calibrate {RandomVitSmall}", DefaultValueFactory = _ => 4 };
         var command = new Command("bench",
             $"Time one SNN step against libtorch's ANN forward of the same ViT; prints one JSON object. --model DIR or --model {RandomVitSmall} (ViT-S/16 shape, random weights calibrated on random images).")
         {
-            batch, steps, warmup, repeats, backend, profile, threads, calibrationImages,
+            batch, steps, warmup, repeats, backend, profile, threads, check, calibrationImages,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
@@ -131,10 +132,34 @@ static class BenchCommand
                 ["firing_rate"] = Math.Round(Enumerable.Range(0, b).Average(last.FiringRate), 4),
             };
             if (profiler is not null) json["profile"] = ProfileJson(profiler.Profile(), stepMs.Count, stepMean);
+            if (parse.GetValue(check)) json["reference_check"] = CompareWithReference(model, session, images, t);
             Console.WriteLine(json.ToJsonString());
             return 0;
         });
         return command;
+    }
+
+    /// <summary>
+    /// Runs the images through T steps on the session's backend and on the reference backend; per step, the share of
+    /// images whose prediction agrees and the largest difference of accumulated logits / t, relative to the largest |logit|.
+    /// </summary>
+    static JsonObject CompareWithReference(SpikingModel model, SpikingSession session, float[] images, int steps)
+    {
+        using var reference = new Kernels.Reference.ReferenceBackend();
+        using var expected = new SpikingSession(model, reference, session.Images);
+        session.Reset(images);
+        expected.Reset(images);
+        var agreement = new JsonArray();
+        var error = new JsonArray();
+        for (int t = 1; t <= steps; t++)
+        {
+            StepOutput a = session.Next(), e = expected.Next();
+            agreement.Add(Math.Round(Enumerable.Range(0, a.Images).Average(i => a.Prediction(i) == e.Prediction(i) ? 1.0 : 0.0), 4));
+            float scale = e.AccumulatedLogits.Max(MathF.Abs);
+            float worst = a.AccumulatedLogits.Zip(e.AccumulatedLogits).Max(p => MathF.Abs(p.First - p.Second));
+            error.Add(Math.Round(worst / Math.Max(scale, 1e-30f), 6));
+        }
+        return new JsonObject { ["prediction_agreement_by_step"] = agreement, ["max_relative_logit_difference_by_step"] = error };
     }
 
     /// <summary>The converted model, its name for the report, and B normalised images (B, C, H, W) to run.</summary>
@@ -207,6 +232,7 @@ static class BenchCommand
                 ["share"] = Math.Round(ms / stepMs, 3),
                 ["calls_per_step"] = op.Calls / steps,
             };
+            if (op.Density is double density) row["spike_density"] = Math.Round(density, 3);
             if (op.Flops > 0) row["gflop_per_s"] = Math.Round(op.Flops / (op.Milliseconds * 1e6), 1);
             else row["m_elements_per_s"] = Math.Round(op.Elements / (op.Milliseconds * 1e3), 0);
             table[op.Op] = row;

@@ -3,8 +3,9 @@ using Ecmt.Kernels.Cpu;
 
 namespace Ecmt.Kernels;
 
-/// <summary>Time and work of one kind of operation, summed over the calls since the last reset.</summary>
-public sealed record OpProfile(string Op, int Calls, double Milliseconds, double Flops, long Elements);
+/// <summary>Time and work of one kind of operation, summed over the calls since the last reset; Density is the mean input
+/// spike density of spike-driven products (when the backend reports it).</summary>
+public sealed record OpProfile(string Op, int Calls, double Milliseconds, double Flops, long Elements, double? Density);
 
 /// <summary>
 /// Wraps a backend and times every operation (synchronising after each, so device backends are timed too), with
@@ -14,7 +15,7 @@ public sealed record OpProfile(string Op, int Calls, double Milliseconds, double
 /// </summary>
 public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
 {
-    readonly Dictionary<string, (int Calls, long Ticks, double Flops, long Elements)> _ops = [];
+    readonly Dictionary<string, (int Calls, long Ticks, double Flops, long Elements, double Density)> _ops = [];
 
     public ISpikingBackend Inner { get; } = inner;
     public string Name => Inner.Name;
@@ -26,7 +27,8 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
 
     /// <summary>The profile so far, most expensive first.</summary>
     public IReadOnlyList<OpProfile> Profile() => _ops
-        .Select(p => new OpProfile(p.Key, p.Value.Calls, p.Value.Ticks * 1000.0 / Stopwatch.Frequency, p.Value.Flops, p.Value.Elements))
+        .Select(p => new OpProfile(p.Key, p.Value.Calls, p.Value.Ticks * 1000.0 / Stopwatch.Frequency, p.Value.Flops, p.Value.Elements,
+            p.Value.Density > 0 ? p.Value.Density / p.Value.Calls : null))
         .OrderByDescending(p => p.Milliseconds)
         .ToList();
 
@@ -41,9 +43,14 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
         action();
         Inner.Synchronize();
         long ticks = Stopwatch.GetTimestamp() - start;
-        if (Inner is FastCpuBackend fast && op == nameof(SpikeLinear)) op += fast.LastSpikeLinearPath == SpikeLinearPath.Dense ? " (dense)" : " (event-driven)";
+        double density = 0;
+        if (Inner is FastCpuBackend fast && op.StartsWith(nameof(SpikeLinear), StringComparison.Ordinal))
+        {
+            op += fast.LastSpikeLinearPath == SpikeLinearPath.Dense ? " (dense)" : " (event-driven)";
+            density = fast.LastSpikeLinearDensity;
+        }
         _ops.TryGetValue(op, out var sum);
-        _ops[op] = (sum.Calls + 1, sum.Ticks + ticks, sum.Flops + flops, sum.Elements + elements);
+        _ops[op] = (sum.Calls + 1, sum.Ticks + ticks, sum.Flops + flops, sum.Elements + elements, sum.Density + density);
     }
 
     public DeviceTensor Allocate(params int[] shape) => Inner.Allocate(shape);
@@ -65,7 +72,7 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
         Time(nameof(Fire), () => Inner.Fire(input, membrane, spikes, counters, fanOut), elements: input.Length);
 
     public void SpikeLinear(SpikeTensor input, LinearLayer layer, DeviceTensor output) =>
-        Time(nameof(SpikeLinear), () => Inner.SpikeLinear(input, layer, output), flops: 2.0 * input.Rows * layer.In * layer.Out, elements: input.Length);
+        Time($"{nameof(SpikeLinear)} {layer.In}→{layer.Out}", () => Inner.SpikeLinear(input, layer, output), flops: 2.0 * input.Rows * layer.In * layer.Out, elements: input.Length);
 
     public void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output) =>
         Time(nameof(Linear), () => Inner.Linear(input, layer, output), flops: 2.0 * input.Rows * layer.In * layer.Out, elements: input.Length);

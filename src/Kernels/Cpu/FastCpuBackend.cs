@@ -65,6 +65,9 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// <summary>The path the last <see cref="SpikeLinear"/> call took.</summary>
     public SpikeLinearPath LastSpikeLinearPath { get; private set; }
 
+    /// <summary>The spike density (non-zero codes over codes) the last <see cref="SpikeLinear"/> call measured.</summary>
+    public double LastSpikeLinearDensity { get; private set; }
+
     sealed class Tensor(int[] shape) : DeviceTensor(shape)
     {
         readonly PinnedBuffer<float> _buffer = new(shape.Aggregate(1L, (a, b) => a * b));
@@ -173,8 +176,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         if (input.Columns != layer.In || output.Columns != layer.Out || input.Rows != output.Rows)
             throw new ArgumentException($"spike linear ({layer.Out}, {layer.In}) does not fit input {input} and output {output}");
         long nonZero = NeuronTables.CountNonZero(s.P, s.Length);
-        double density = (double)nonZero / s.Length;
-        LastSpikeLinearPath = density <= EventDrivenMaxDensity ? SpikeLinearPath.EventDriven : SpikeLinearPath.Dense;
+        LastSpikeLinearDensity = (double)nonZero / s.Length;
+        LastSpikeLinearPath = LastSpikeLinearDensity <= EventDrivenMaxDensity ? SpikeLinearPath.EventDriven : SpikeLinearPath.Dense;
         if (LastSpikeLinearPath == SpikeLinearPath.EventDriven) EventDrivenLinear(s, layer, y);
         else DenseLinear(s, layer, y);
     }
