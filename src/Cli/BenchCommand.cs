@@ -57,7 +57,10 @@ static class BenchCommand
             if (chosen is Kernels.Cpu.FastCpuBackend fast) fast.Threads = threadCount;
             var profiler = profiling ? new ProfilingBackend(chosen) : null;
             using var spiking = profiler ?? chosen;
+            long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
             using var session = new SpikingSession(model, spiking, b);
+            // Host memory the session took (state, scratch tensors, spike codes) on CPU backends, whose buffers are managed arrays.
+            long sessionBytes = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
 
             TorchRuntime.EnsureLoaded(threadCount);
             using var ann = new TorchVit(config);
@@ -128,6 +131,7 @@ static class BenchCommand
                 ["ann_activations_mb_per_image"] = Math.Round(activationBytes / 1e6, 1),
                 ["state_over_activations"] = Math.Round((double)stateBytes / activationBytes, 2),
                 ["spike_codes_mb_per_image"] = Math.Round(neurons / 1e6, 1),
+                ["session_host_mb_per_image"] = Math.Round(sessionBytes / 1e6 / b, 1),
                 ["spikes_per_neuron_step"] = Math.Round(last!.Spikes.Average() / ((double)neurons * t), 4),
                 ["firing_rate"] = Math.Round(Enumerable.Range(0, b).Average(last.FiringRate), 4),
             };
