@@ -62,22 +62,24 @@ public sealed class FastCpuKernelTests : IDisposable
         return codes;
     }
 
-    public static TheoryData<int, int, int[]> Layouts => new()
+    public static TheoryData<int, int, int, int[]> Layouts => new()
     {
-        // groups, inner, shape: per tensor; q/k/v thirds of (B, N, 3D) rows (runs of D); per head of (B, H, N, N)
-        // (runs of N²); per channel (periodic tables); per channel with a period that is not a multiple of 64
-        { 1, 1, [2, 17, 200] },
-        { 3, 128, [2, 5, 384] },
-        { 3, 81, [2, 3, 9, 9] },
-        { 384, 1, [2, 7, 384] },
-        { 100, 1, [3, 11, 100] },
+        // levels, groups, inner, shape: per tensor; q/k/v thirds of (B, N, 3D) rows (runs of D); per head of
+        // (B, H, N, N) (runs of N²); per channel (periodic tables); per channel with a period that is not a multiple
+        // of 64; per tensor with more levels than the register search covers (compare per level instead)
+        { 8, 1, 1, [2, 17, 200] },
+        { 8, 3, 128, [2, 5, 384] },
+        { 8, 3, 81, [2, 3, 9, 9] },
+        { 8, 384, 1, [2, 7, 384] },
+        { 8, 100, 1, [3, 11, 100] },
+        { 20, 1, 1, [2, 17, 200] },
     };
 
     [Theory]
     [MemberData(nameof(Layouts))]
-    public void Vectorised_MT_neurons_fire_as_the_scalar_rule(int groups, int inner, int[] shape)
+    public void Vectorised_MT_neurons_fire_as_the_scalar_rule(int levels, int groups, int inner, int[] shape)
     {
-        var neuron = TestData.Neuron(8, groups, inner, seed: groups);
+        var neuron = TestData.Neuron(levels, groups, inner, seed: groups);
         long length = shape.Aggregate(1L, (a, b) => a * b);
         int images = shape[0];
         var (xe, xa) = Tensors(null, shape);
@@ -125,6 +127,8 @@ public sealed class FastCpuKernelTests : IDisposable
             foreach (var threshold in new[] { MultiThresholdNeuron.Threshold(0.37f, k), -MultiThresholdNeuron.Threshold(0.11f, k) })
                 inputs.AddRange([threshold, MathF.BitIncrement(threshold), MathF.BitDecrement(threshold)]);
         }
+        // and values no threshold decides: infinities, NaN, signed zeros, subnormals, the largest floats
+        inputs.AddRange([float.PositiveInfinity, float.NegativeInfinity, float.NaN, 0f, -0f, float.Epsilon, -float.Epsilon, float.MaxValue, float.MinValue, 1e30f, -1e30f]);
         while (inputs.Count % 64 != 0) inputs.Add(0f);
         var x = inputs.ToArray();
         var (xe, xa) = Tensors(x, 1, x.Length);

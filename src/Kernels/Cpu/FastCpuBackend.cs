@@ -48,13 +48,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     PinnedBuffer<float>? _scratch;
 
-    public FastCpuBackend()
-    {
-        if (!Vector512.IsHardwareAccelerated)
-            Console.Error.WriteLine("ecmt: this CPU has no AVX-512; the fast CPU backend runs its 512-bit vectors as pairs of 256-bit ones (slower).");
-    }
-
-    public string Name => "fastcpu";
+    /// <summary>"fastcpu", flagged where the CPU lacks AVX-512 and .NET runs the 512-bit vectors as pairs of narrower ones (slower).</summary>
+    public string Name => Vector512.IsHardwareAccelerated ? "fastcpu" : "fastcpu (no AVX-512)";
 
     /// <summary>Spike density (non-zero codes over all codes of the input) at or below which <see cref="SpikeLinear"/> goes event-driven.</summary>
     public double EventDrivenMaxDensity { get; set; } = DefaultEventDrivenMaxDensity;

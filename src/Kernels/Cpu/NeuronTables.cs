@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Ecmt.Kernels.Cpu;
 
@@ -27,6 +28,9 @@ sealed unsafe class NeuronTables
 
     /// <summary>Elements handled per vector block: four 16-lane vectors, narrowed to one 64-byte store of codes.</summary>
     public const int Block = 64;
+    /// <summary>Levels up to which a group's thresholds (and the +∞ past the last) fit one 16-lane register.</summary>
+    const int MaxSearchLevels = 15;
+    const int SearchVectors = 10;
     const int MinRunLength = 64;
     const int MaxPeriod = 1 << 16;
 
@@ -34,6 +38,8 @@ sealed unsafe class NeuronTables
 
     readonly float[] _table;
     readonly float* _base;
+    readonly float[]? _searchTable;
+    readonly float* _search;
 
     /// <summary>The tables of a neuron, built once per process (neurons are immutable and shared by all sessions).</summary>
     public static NeuronTables For(MultiThresholdNeuron neuron) => Cache.GetValue(neuron, n => new NeuronTables(n));
@@ -67,6 +73,35 @@ sealed unsafe class NeuronTables
                 }
                 row[2 * n * Stride] = lp;
                 row[(2 * n + 1) * Stride] = -ln;
+            }
+        }
+        if (Mode == Layout.Runs && n <= MaxSearchLevels && Avx512F.IsSupported)
+        {
+            _searchTable = GC.AllocateArray<float>(groups * SearchVectors * 16 + 16, pinned: true);
+            _search = Aligned(_searchTable);
+            for (int g = 0; g < groups; g++)
+            {
+                float* t = _search + g * SearchVectors * 16;
+                float lp = neuron.LambdaPos[g], ln = neuron.LambdaNeg[g];
+                // Per side (positive at 0, negative at 64 floats), four vectors: up[c] = T(c) (+∞ from c = n),
+                // down[c] = T(c − 1) (−∞ at c = 0), 1/λ, T(0). Then λp and −λn, the values' scales.
+                for (int side = 0; side < 2; side++)
+                {
+                    float lambda = side == 0 ? lp : ln;
+                    float* block = t + side * 64;
+                    for (int c = 0; c < 16; c++)
+                    {
+                        block[c] = c < n ? MultiThresholdNeuron.Threshold(lambda, c) : float.PositiveInfinity;
+                        block[16 + c] = c >= 1 && c <= n ? MultiThresholdNeuron.Threshold(lambda, c - 1) : float.NegativeInfinity;
+                        block[32 + c] = 1f / lambda;
+                        block[48 + c] = MultiThresholdNeuron.Threshold(lambda, 0);
+                    }
+                }
+                for (int c = 0; c < 16; c++)
+                {
+                    t[128 + c] = lp;
+                    t[144 + c] = -ln;
+                }
             }
         }
     }
@@ -104,6 +139,11 @@ sealed unsafe class NeuronTables
                     int g = Neuron.GroupOf(start + i);
                     long runEnd = Neuron.Groups == 1 ? count : Math.Min(count, i + Neuron.Inner - (start + i) % Neuron.Inner);
                     float* rows = Rows(g);
+                    if (_search is not null)
+                    {
+                        float* search = _search + g * SearchVectors * 16;
+                        for (; i + Block <= runEnd; i += Block) fired += FireBlockBySearch(x + i, v + i, codes + i, search, n);
+                    }
                     for (; i + Block <= runEnd; i += Block) fired += FireBlock(x + i, v + i, codes + i, rows, Stride, n);
                     for (; i < runEnd; i++) fired += FireOne(x, v, codes, i, g);
                 }
@@ -165,6 +205,57 @@ sealed unsafe class NeuronTables
         membrane -= Value(level, scale);
         membrane.Store(v);
         return Vector512.ConditionalSelect(positive, up, -down);
+    }
+
+    /// <summary>64 neurons of one group by <see cref="FireVectorBySearch"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static int FireBlockBySearch(float* x, float* v, sbyte* codes, float* search, int levels)
+    {
+        var c0 = FireVectorBySearch(x, v, search, levels);
+        var c1 = FireVectorBySearch(x + 16, v + 16, search, levels);
+        var c2 = FireVectorBySearch(x + 32, v + 32, search, levels);
+        var c3 = FireVectorBySearch(x + 48, v + 48, search, levels);
+        var packed = Vector512.Narrow(Vector512.Narrow(c0, c1), Vector512.Narrow(c2, c3));
+        packed.Store(codes);
+        return Block - BitOperations.PopCount(Vector512.Equals(packed, Vector512<sbyte>.Zero).ExtractMostSignificantBits());
+    }
+
+    /// <summary>
+    /// The MT rule on 16 lanes of one group, without a compare per level: the count of thresholds λ(2^k − 1/2) a
+    /// membrane V reaches is ⌊log2(V/λ + 1/2)⌋ + 1, read from the exponent bits of V/λ + 1/2. Float rounding can put
+    /// that estimate one off when V sits within a few ulps of a threshold, so it is then checked against the exact
+    /// threshold floats below and above it (looked up in registers): the result is the count the scalar rule gives.
+    /// Lanes that do not reach the first threshold (including NaN) get 0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> FireVectorBySearch(float* x, float* v, float* search, int levels)
+    {
+        var membrane = Vector512.Load(v) + Vector512.Load(x);
+        var n = Vector512.Create(levels);
+        var up = Count(membrane, search, n);
+        var down = Count(-membrane, search + 64, n);
+        var positive = Vector512.GreaterThan(up, Vector512<int>.Zero);
+        var level = Vector512.ConditionalSelect(positive, up, down);
+        var scale = Vector512.ConditionalSelect(positive.AsSingle(), Vector512.Load(search + 128), Vector512.Load(search + 144));
+        membrane -= Value(level, scale);
+        membrane.Store(v);
+        return Vector512.ConditionalSelect(positive, up, -down);
+    }
+
+    /// <summary>
+    /// How many of the thresholds T(0) … T(n−1) w reaches; side points at the up table (T(c), +∞ from n), then the
+    /// down table (T(c−1), −∞ at 0), 1/λ and T(0), 16 floats each.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> Count(Vector512<float> w, float* side, Vector512<int> n)
+    {
+        var u = w * Vector512.Load(side + 32) + Vector512.Create(0.5f);
+        var exponent = (Vector512.ShiftRightLogical(u.AsInt32(), 23) & Vector512.Create(0xFF)) - Vector512.Create(127);
+        var count = Vector512.Min(Vector512.Max(exponent + Vector512<int>.One, Vector512<int>.Zero), n);
+        count += Vector512.LessThan(w, Avx512F.PermuteVar16x32(Vector512.Load(side + 16), count)).AsInt32();
+        count -= Vector512.GreaterThanOrEqual(w, Avx512F.PermuteVar16x32(Vector512.Load(side), count)).AsInt32();
+        var reached = Vector512.GreaterThanOrEqual(w, Vector512.Load(side + 48)).AsInt32();
+        return Vector512.Min(count, n) & reached;
     }
 
     /// <summary>±λ·2^(level−1) as the scalar rule computes it (λ times an exact power of two); 0 where level is 0.</summary>
