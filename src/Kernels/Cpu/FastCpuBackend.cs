@@ -20,7 +20,8 @@ public enum SpikeLinearPath
 /// <para>
 /// What differs from <see cref="Reference.ReferenceBackend"/> (results agree up to float summation order):
 /// <list type="bullet">
-/// <item>MT neurons fire by counting the thresholds the membrane reaches (same threshold floats, same level).</item>
+/// <item>MT neurons find their level without the scalar search: from the exponent of V/λ + 1/2, checked against the
+/// exact threshold floats, or by counting the thresholds V reaches (<see cref="NeuronTables"/>); same level.</item>
 /// <item>The spike-driven linear layer takes the event-driven product (weight rows of the non-zero spikes only)
 /// when the measured spike density is at most <see cref="EventDrivenMaxDensity"/>, else decode + sgemm.</item>
 /// <item>Matrix-product EC uses the direct form P(t) = S_A(t)·S_B(t), O(t) = P(t)/t − P(t−1)/(t−1): one product a
