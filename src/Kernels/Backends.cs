@@ -1,3 +1,4 @@
+using Ecmt.Kernels.Cpu;
 using Ecmt.Kernels.Ilgpu;
 using Ecmt.Kernels.Reference;
 
@@ -57,9 +58,10 @@ public static class Backends
     public static ISpikingBackend Create(BackendKind kind) => kind switch
     {
         BackendKind.Reference => new ReferenceBackend(),
+        BackendKind.FastCpu => new FastCpuBackend(),
         BackendKind.Cuda or BackendKind.OpenCL or BackendKind.Cpu => new IlgpuBackend(kind),
-        BackendKind.Auto => IlgpuBackend.IsAvailable(BackendKind.Cuda) ? new IlgpuBackend(BackendKind.Cuda) : Create(BackendKind.FastCpu),
-        _ => throw new BackendUnavailableException($"backend '{NameOf(kind)}' is not built yet"),
+        BackendKind.Auto => IlgpuBackend.IsAvailable(BackendKind.Cuda) ? new IlgpuBackend(BackendKind.Cuda) : new FastCpuBackend(),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "unknown backend"),
     };
 }
 
