@@ -118,7 +118,7 @@ public sealed class StopPolicyTests(ServerFixture fixture) : IClassFixture<Serve
     }
 
     /// <summary>The last step t ≤ 8 (1-based, t ≥ 2) whose value exceeds every value before it, and that value.</summary>
-    static (int Step, float Value)? NewMaximum(float[] values)
+    internal static (int Step, float Value)? NewMaximum(float[] values)
     {
         (int, float)? found = null;
         for (int t = 2; t <= Math.Min(8, values.Length); t++)
