@@ -144,9 +144,10 @@ static class BenchServerCommand
 
         // One stream slot: classify, record, repeat until the window closes. Only calls that start after the warm-up
         // count; steps and completions count while the window is open.
+        // The window's own clock decides, not only its timer (a loaded machine fires timers late).
         async Task StreamAsync()
         {
-            while (!window.IsCancellationRequested)
+            while (!window.IsCancellationRequested && clock.Elapsed < end)
             {
                 var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
                 bool measured = clock.Elapsed >= warmup;
@@ -158,9 +159,11 @@ static class BenchServerCommand
                         first ??= update;
                         last = update;
                         var now = clock.Elapsed;
-                        if (now >= warmup && now < end) tally.Step();
+                        if (now >= end) break;
+                        if (now >= warmup) tally.Step();
                     }
-                    if (measured && last is not null && clock.Elapsed < end) tally.Completed(first!.Elapsed, last.Elapsed, last.Step);
+                    if (measured && last is { IsLast: true } && clock.Elapsed < end) tally.Completed(first!.Elapsed, last.Elapsed, last.Step);
+                    else if (measured && last is not null) tally.Cut();
                 }
                 catch (OperationCanceledException) when (window.IsCancellationRequested)
                 {

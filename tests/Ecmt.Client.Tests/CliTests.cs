@@ -173,8 +173,9 @@ public sealed class CliTests(ServerFixture fixture) : IClassFixture<ServerFixtur
         long imageSteps = (long)r["image_steps"]!;
         Assert.True(images > 0);
         Assert.InRange(imageSteps, 4L * images, 4L * images + 3 * 4);
-        Assert.Equal(Math.Round(images / seconds, 3), (double)r["images_per_s"]!, 2);
-        Assert.Equal(Math.Round(imageSteps / seconds, 3), (double)r["image_steps_per_s"]!, 2);
+        // duration_s is rounded to milliseconds: the rates agree to well within 0.1%.
+        Assert.Equal(images / seconds, (double)r["images_per_s"]!, images / seconds * 1e-3);
+        Assert.Equal(imageSteps / seconds, (double)r["image_steps_per_s"]!, imageSteps / seconds * 1e-3);
         Assert.Equal(4.0, (double)r["mean_steps"]!);
         Assert.Equal(0, (int)r["error_count"]!);
         Assert.Empty(r["errors"]!.AsObject());
@@ -186,11 +187,11 @@ public sealed class CliTests(ServerFixture fixture) : IClassFixture<ServerFixtur
         }
         Assert.True((double)r["first_update_ms"]!["p50"]! <= (double)r["last_update_ms"]!["p50"]!);
 
-        // The engine ran every step the tool counted, plus per stream at most the steps that arrived after the window
-        // closed (up to 4) and one begun by a call started just as it closed.
+        // The engine ran every step the tool counted, plus per stream at most the steps of the call in flight when the
+        // window closed (up to 4: a tiny model's steps can all be done before the cancel arrives).
         await Task.Delay(200);
         long ran = model.StepsRun - before;
-        Assert.InRange(ran, imageSteps, imageSteps + 3 * (4 + 1));
+        Assert.InRange(ran, imageSteps, imageSteps + 3 * 4);
     }
 
     [Fact]
