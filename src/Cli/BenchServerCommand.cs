@@ -87,6 +87,7 @@ static class BenchServerCommand
             if (settings.Concurrency < 1) throw new ArgumentException($"--concurrency is {settings.Concurrency}: it must be at least 1");
             if (!(settings.Duration > 0)) throw new ArgumentException($"--duration is {settings.Duration}: it must be positive");
             if (!(settings.Warmup >= 0)) throw new ArgumentException($"--warmup is {settings.Warmup}: it must not be negative");
+            server.Address(parse);
             options = server.ClassifyOptions(parse, topK: 0);
             inputs = LoadImages(settings);
         }
@@ -211,7 +212,7 @@ static class BenchServerCommand
         foreach (var (code, n) in errors) errorJson[code] = n;
         return new JsonObject
         {
-            ["server"] = EcmtClient.ParseAddress(parse.GetValue(server.Server)!).ToString(),
+            ["server"] = server.Address(parse).ToString(),
             ["model"] = model.Name,
             ["backend"] = model.Backend,
             ["concurrency"] = settings.Concurrency,

@@ -45,6 +45,7 @@ static class ClassifyCommand
         try
         {
             if (topK < 1) throw new ArgumentException($"--top-k is {topK}: it must be at least 1");
+            server.Address(parse);
             files = ServerOptions.ImageFiles(paths);
             options = server.ClassifyOptions(parse, topK);
         }
@@ -223,7 +224,9 @@ static class ClassifyCommand
                 entry["attempts"] = last.Attempts;
                 entry["top"] = new JsonArray(last.Top.Select(s => (JsonNode)new JsonObject
                 {
-                    ["index"] = s.Index, ["name"] = s.Name, ["probability"] = Math.Round(s.Probability, 4),
+                    ["index"] = s.Index,
+                    ["name"] = s.Name,
+                    ["probability"] = Math.Round(s.Probability, 4),
                 }).ToArray());
                 entry["confidence_by_step"] = new JsonArray(row.Updates.Select(u => (JsonNode)Math.Round(u.Confidence, 4)).ToArray());
             }
@@ -232,7 +235,7 @@ static class ClassifyCommand
         var ok = rows.Where(r => r.ErrorCode is null && r.Last is not null).Select(r => r.Last!).ToArray();
         return new JsonObject
         {
-            ["server"] = EcmtClient.ParseAddress(parse.GetValue(server.Server)!).ToString(),
+            ["server"] = server.Address(parse).ToString(),
             ["model"] = model.Name,
             ["backend"] = model.Backend,
             ["max_steps"] = maxSteps,

@@ -31,6 +31,9 @@ sealed class ServerOptions
     {
         double? p = parse.GetValue(StopAt), m = parse.GetValue(Margin);
         int? k = parse.GetValue(Stable);
+        if (p is double pv && !(pv > 0 && pv <= 1)) throw new ArgumentException($"--stop-at is {pv}: it must lie in (0, 1]");
+        if (m is double mv && !(mv > 0 && mv <= 1)) throw new ArgumentException($"--margin is {mv}: it must lie in (0, 1]");
+        if (k is int kv && kv < 1) throw new ArgumentException($"--stable is {kv}: it must be at least 1");
         int maxSteps = parse.GetValue(MaxSteps);
         if (maxSteps < 0) throw new ArgumentException($"--max-steps is {maxSteps}: use 0 (the model's default) or more");
         var timeout = parse.GetValue(Timeout) is double seconds
@@ -44,8 +47,16 @@ sealed class ServerOptions
         return options with { ServerStop = p is double confidence ? ServerStopPolicy.Confidence(confidence) : ServerStopPolicy.Stable(k!.Value) };
     }
 
+    /// <summary>The --server address; <see cref="ArgumentException"/> when it is not one.</summary>
+    public Uri Address(ParseResult parse) => EcmtClient.ParseAddress(parse.GetValue(Server)!);
+
+    /// <summary>The one client of a command: its channel serves every call; --timeout bounds ListModels and GetModel too.</summary>
     public EcmtClient Client(ParseResult parse, Action<RetryEvent>? onRetry = null) =>
-        new(parse.GetValue(Server)!, new EcmtClientOptions { OnRetry = onRetry });
+        new(parse.GetValue(Server)!, new EcmtClientOptions
+        {
+            OnRetry = onRetry,
+            DefaultTimeout = parse.GetValue(Timeout) is double seconds && seconds > 0 ? TimeSpan.FromSeconds(seconds) : null,
+        });
 
     /// <summary>The model named by --model, else the only ready model the server hosts.</summary>
     public async Task<ModelInfo> ResolveModelAsync(ParseResult parse, EcmtClient client, CancellationToken cancellationToken)

@@ -55,7 +55,7 @@ public sealed class EcmtClient : IDisposable
         address = address.Trim();
         if (!address.Contains("://", StringComparison.Ordinal)) address = "http://" + address;
         if (!Uri.TryCreate(address, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
-            throw new ArgumentException($"'{address}' is not a server address: use http://host:port, https://host:port or host:port", nameof(address));
+            throw new ArgumentException($"'{address}' is not a server address: use http://host:port, https://host:port or host:port");
         return uri;
     }
 
@@ -198,8 +198,10 @@ public sealed class EcmtClient : IDisposable
     /// <summary>Returns after the backoff when <paramref name="failure"/> may be retried; otherwise throws what the caller should see.</summary>
     async Task BeforeRetryAsync(string method, RpcException failure, int attempt, DateTime? deadline, CancellationToken cancellationToken)
     {
+        if (cancellationToken.IsCancellationRequested)
+            throw new OperationCanceledException($"{Service}/{method} was cancelled", failure, cancellationToken);
         var retry = Options.Retry;
-        if (failure.StatusCode != StatusCode.Unavailable || attempt >= retry.MaxAttempts || cancellationToken.IsCancellationRequested)
+        if (failure.StatusCode != StatusCode.Unavailable || attempt >= retry.MaxAttempts)
             throw Translate(method, failure, attempt, cancellationToken);
         var delay = retry.Backoff(attempt);
         if (deadline is { } d && DateTime.UtcNow + delay >= d)
