@@ -44,7 +44,7 @@ public sealed class ClassifyTests(ServerFixture fixture) : IClassFixture<ServerF
     public async Task A_file_its_bytes_and_its_pixels_give_the_same_stream()
     {
         var png = TestModels.Png(4);
-        var file = Path.Combine(Directory.CreateTempSubdirectory("ecmt-client-").FullName, "image.png");
+        var file = Path.Combine(TestModels.PngFolder(0), "image.png");
         await File.WriteAllBytesAsync(file, png);
         var options = new ClassifyOptions { MaxSteps = 4, TopK = 10 };
 

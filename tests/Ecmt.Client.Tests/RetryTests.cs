@@ -46,7 +46,7 @@ public sealed class RetryTests
     [Fact]
     public async Task Gives_up_after_the_last_attempt_when_the_server_stays_unavailable()
     {
-        await using var host = await ServerHost.StartAsync(settings: ("Ecmt:Shutdown:DrainDelaySeconds", "2"));
+        await using var host = await ServerHost.StartAsync(settings: ("Ecmt:Shutdown:DrainDelaySeconds", "1"));
         using var wire = new Wire();
         var retries = new ConcurrentQueue<RetryEvent>();
         using var client = new EcmtClient(host.Address.ToString(), new EcmtClientOptions { ChannelOptions = wire.ChannelOptions(), Retry = Fast(3), OnRetry = retries.Enqueue });

@@ -25,7 +25,8 @@ static class TestModels
         SyntheticModels.Create(Path.Combine(root, Deep), SyntheticModels.Config(Deep, embedDim: 64, depth: 4, heads: 4, patchSize: 4), seed: 2);
         AppDomain.CurrentDomain.ProcessExit += (_, _) =>
         {
-            try { Directory.Delete(root, recursive: true); } catch (IOException) { }
+            foreach (var dir in new[] { root, root + "-images" })
+                try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); } catch (IOException) { }
         };
         return root;
     }
@@ -44,10 +45,11 @@ static class TestModels
     /// <summary>A 28×28 grey PNG of <see cref="Pixels"/>: the server reads it pixel for pixel.</summary>
     public static byte[] Png(int seed) => ImageInput.EncodePng(Pixels(seed), 1, Size, Size);
 
-    /// <summary>A fresh folder with <paramref name="count"/> PNG files named 0.png, 1.png, … (seeds 100, 101, …).</summary>
+    /// <summary>A fresh folder (next to <see cref="Root"/>, removed with it) with <paramref name="count"/> PNG files named 0.png, 1.png, … (seeds 100, 101, …).</summary>
     public static string PngFolder(int count)
     {
-        var dir = Directory.CreateTempSubdirectory("ecmt-client-pngs-").FullName;
+        var dir = Path.Combine(Root + "-images", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
         for (int i = 0; i < count; i++) File.WriteAllBytes(Path.Combine(dir, $"{i}.png"), Png(100 + i));
         return dir;
     }
