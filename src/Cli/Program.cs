@@ -10,5 +10,7 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
     BenchCommand.Create(),
     SamplesCommand.Create(),
     SamplesCommand.CreateSynthetic(),
+    ClassifyCommand.Create(),
+    BenchServerCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,136 @@
+using System.CommandLine;
+using Ecmt.Client;
+using Spectre.Console;
+using ModelInfo = Ecmt.Protos.V1.ModelInfo;
+
+namespace Ecmt.Cli;
+
+/// <summary>The options that reach a running ecmt-server, shared by classify and bench-server, and what they build.</summary>
+sealed class ServerOptions
+{
+    public const string DefaultAddress = "http://localhost:50051";
+
+    public readonly Option<string> Server = new("--server")
+    {
+        Description = $"Server address: http://host:port, https://host:port or host:port (default: $ECMT_SERVER, else {DefaultAddress})",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("ECMT_SERVER") is { Length: > 0 } address ? address : DefaultAddress,
+    };
+    public readonly Option<string?> Model = new("--model") { Description = "Hosted model to use (default: the server's only ready model)" };
+    public readonly Option<int> MaxSteps = new("--max-steps") { Description = "Time steps T at most per image (0: the model's default)", DefaultValueFactory = _ => 0 };
+    public readonly Option<double?> StopAt = new("--stop-at") { Description = "Stop an image at the first step whose top-1 probability reaches p (0 < p <= 1); the client cancels the call" };
+    public readonly Option<double?> Margin = new("--margin") { Description = "Stop an image once the top-1 probability leads the top-2 by m (0 < m <= 1); client-side" };
+    public readonly Option<int?> Stable = new("--stable") { Description = "Stop an image once its top-1 class held for k steps after the first (k >= 1)" };
+    public readonly Option<bool> ServerStop = new("--server-stop") { Description = "Send the --stop-at or --stable rule to the server instead (one rule; saves the step in flight)" };
+    public readonly Option<double?> Timeout = new("--timeout") { Description = "Deadline of each call in seconds (retries included)" };
+    public readonly Option<bool> Json = new("--json") { Description = "Print one JSON object on standard output instead of tables" };
+
+    public IEnumerable<Option> All => [Server, Model, MaxSteps, StopAt, Margin, Stable, ServerStop, Timeout, Json];
+
+    /// <summary>The per-image options from the command line; <see cref="ArgumentException"/> for values out of range.</summary>
+    public ClassifyOptions ClassifyOptions(ParseResult parse, int topK)
+    {
+        double? p = parse.GetValue(StopAt), m = parse.GetValue(Margin);
+        int? k = parse.GetValue(Stable);
+        if (p is double pv && !(pv > 0 && pv <= 1)) throw new ArgumentException($"--stop-at is {pv}: it must lie in (0, 1]");
+        if (m is double mv && !(mv > 0 && mv <= 1)) throw new ArgumentException($"--margin is {mv}: it must lie in (0, 1]");
+        if (k is int kv && kv < 1) throw new ArgumentException($"--stable is {kv}: it must be at least 1");
+        int maxSteps = parse.GetValue(MaxSteps);
+        if (maxSteps < 0) throw new ArgumentException($"--max-steps is {maxSteps}: use 0 (the model's default) or more");
+        var timeout = parse.GetValue(Timeout) is double seconds
+            ? seconds > 0 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--timeout is {seconds}: it must be positive")
+            : (TimeSpan?)null;
+        var options = new ClassifyOptions { MaxSteps = maxSteps, TopK = topK, Timeout = timeout };
+        if (p is null && m is null && k is null) return options;
+        if (!parse.GetValue(ServerStop)) return options with { Stop = new ClientStopPolicy(p, m, k) };
+        if (m is not null) throw new ArgumentException("--margin is a client-side rule: drop --server-stop, or use --stop-at or --stable");
+        if (p is not null && k is not null) throw new ArgumentException("the server takes one rule: --stop-at or --stable, not both, with --server-stop");
+        return options with { ServerStop = p is double confidence ? ServerStopPolicy.Confidence(confidence) : ServerStopPolicy.Stable(k!.Value) };
+    }
+
+    /// <summary>The --server address; <see cref="ArgumentException"/> when it is not one.</summary>
+    public Uri Address(ParseResult parse) => EcmtClient.ParseAddress(parse.GetValue(Server)!);
+
+    /// <summary>The one client of a command: its channel serves every call; --timeout bounds ListModels and GetModel too.</summary>
+    public EcmtClient Client(ParseResult parse, Action<RetryEvent>? onRetry = null) =>
+        new(parse.GetValue(Server)!, new EcmtClientOptions
+        {
+            OnRetry = onRetry,
+            DefaultTimeout = parse.GetValue(Timeout) is double seconds && seconds > 0 ? TimeSpan.FromSeconds(seconds) : null,
+        });
+
+    /// <summary>The model named by --model, else the only ready model the server hosts.</summary>
+    public async Task<ModelInfo> ResolveModelAsync(ParseResult parse, EcmtClient client, CancellationToken cancellationToken)
+    {
+        if (parse.GetValue(Model) is { Length: > 0 } name) return await client.GetModelAsync(name, cancellationToken);
+        var models = await client.ListModelsAsync(cancellationToken);
+        var ready = models.Where(m => m.Ready).ToArray();
+        return ready.Length switch
+        {
+            1 => ready[0],
+            0 => throw new ArgumentException($"the server has no ready model ({Names(models)}); name one with --model"),
+            _ => throw new ArgumentException($"the server hosts several models ({Names(ready)}); choose one with --model"),
+        };
+    }
+
+    static string Names(IEnumerable<ModelInfo> models) => models.Any() ? string.Join(", ", models.Select(m => m.Name)) : "none";
+
+    /// <summary>Files as given, folders as their PNG and JPEG files (sorted by name); <see cref="ArgumentException"/> when a path is missing or nothing is found.</summary>
+    public static IReadOnlyList<string> ImageFiles(IEnumerable<string> paths)
+    {
+        var files = new List<string>();
+        foreach (var path in paths)
+        {
+            if (File.Exists(path)) files.Add(path);
+            else if (Directory.Exists(path))
+            {
+                var found = Directory.EnumerateFiles(path)
+                    .Where(f => Path.GetExtension(f).ToLowerInvariant() is ".png" or ".jpg" or ".jpeg")
+                    .Order(StringComparer.Ordinal).ToArray();
+                if (found.Length == 0) throw new ArgumentException($"no PNG or JPEG files in folder '{path}'");
+                files.AddRange(found);
+            }
+            else throw new ArgumentException($"no such file or folder: '{path}'");
+        }
+        if (files.Count == 0) throw new ArgumentException("no images given");
+        return files;
+    }
+
+    /// <summary>"confident" for <see cref="StopReason.Confident"/>, "max_steps" for <see cref="StopReason.MaxSteps"/>.</summary>
+    public static string ReasonName(StopReason reason) => reason switch
+    {
+        StopReason.MaxSteps => "max_steps",
+        StopReason.Confident => "confident",
+        StopReason.Margin => "margin",
+        StopReason.Stable => "stable",
+        _ => "none",
+    };
+}
+
+/// <summary>Spectre consoles over the writers a command was given: styled on a terminal, plain text otherwise (files, pipes, tests).</summary>
+static class Consoles
+{
+    public static bool IsTerminal(TextWriter writer) =>
+        (ReferenceEquals(writer, Console.Out) && !Console.IsOutputRedirected) || (ReferenceEquals(writer, Console.Error) && !Console.IsErrorRedirected);
+
+    public static IAnsiConsole For(TextWriter writer)
+    {
+        bool terminal = IsTerminal(writer);
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+        // Redirected output has no width of its own; wide enough that a table does not wrap file names.
+        if (!terminal) console.Profile.Width = 160;
+        return console;
+    }
+
+    /// <summary>One line on standard error for a failure the user must act on: no stack trace.</summary>
+    public static int Fail(ParseResult parse, string message, int code)
+    {
+        parse.InvocationConfiguration.Error.WriteLine($"ecmt {parse.CommandResult.Command.Name}: {message}");
+        return code;
+    }
+}
