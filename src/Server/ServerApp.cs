@@ -41,7 +41,13 @@ public static class ServerApp
             .Validate(o => !o.Tls.Enabled || File.Exists(o.Tls.CertificateFile), "Ecmt:Tls:CertificateFile does not exist")
             .Validate(o => o.Tls.KeyFile is null || File.Exists(o.Tls.KeyFile), "Ecmt:Tls:KeyFile does not exist")
             .ValidateOnStart();
-        services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(Options(builder).Shutdown.TimeoutSeconds));
+        // The host's shutdown budget covers the drain delay (spent in ApplicationStopping) and then the streams' time,
+        // so in-flight streams get the full TimeoutSeconds after the listeners close, as documented.
+        services.Configure<HostOptions>(o =>
+        {
+            var shutdown = Options(builder).Shutdown;
+            o.ShutdownTimeout = TimeSpan.FromSeconds(shutdown.DrainDelaySeconds + shutdown.TimeoutSeconds);
+        });
 
         services.AddSingleton(sp => new EngineMetrics(sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>()));
         services.AddSingleton<ServerMetrics>();
