@@ -1,0 +1,103 @@
+using Ecmt.Engine.Conversion;
+using Ecmt.Engine.Data;
+using Ecmt.Engine.Simulation;
+using Ecmt.Kernels;
+
+namespace Ecmt.Engine.Tests;
+
+/// <summary>
+/// Whole models on every backend against the reference backend. Backends whose device is absent skip.
+/// Float summation order may flip a neuron that sits exactly on a threshold, so predictions may differ on a few
+/// (image, step) pairs; anything more is a bug.
+/// </summary>
+public class CrossBackendModelTests
+{
+    static ISpikingBackend CreateOrSkip(string name)
+    {
+        try
+        {
+            return Backends.Create(Backends.Parse(name));
+        }
+        catch (BackendUnavailableException e)
+        {
+            Assert.Skip($"{name} is not available here: {e.Message}");
+            throw;
+        }
+    }
+
+    /// <summary>(images, steps) predictions and per-step records of a run.</summary>
+    static (int[,] Predictions, StepOutput[] Outputs) Run(SpikingModel model, ISpikingBackend backend, float[] pixels, int images, int steps)
+    {
+        using var session = new SpikingSession(model, backend, images);
+        session.Reset(pixels);
+        var predictions = new int[images, steps];
+        var outputs = new StepOutput[steps];
+        for (int t = 0; t < steps; t++)
+        {
+            outputs[t] = session.Next();
+            for (int i = 0; i < images; i++) predictions[i, t] = outputs[t].Prediction(i);
+        }
+        return (predictions, outputs);
+    }
+
+    [Theory]
+    [InlineData("fastcpu", ThresholdGranularity.PerTensor)]
+    [InlineData("fastcpu", ThresholdGranularity.PerChannel)]
+    [InlineData("cpu", ThresholdGranularity.PerTensor)]
+    [InlineData("cpu", ThresholdGranularity.PerChannel)]
+    [InlineData("cuda", ThresholdGranularity.PerTensor)]
+    [InlineData("opencl", ThresholdGranularity.PerTensor)]
+    public void Tiny_model_gives_the_reference_logits_and_counts(string backendName, ThresholdGranularity granularity)
+    {
+        using var backend = CreateOrSkip(backendName);
+        var model = new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(granularity)));
+        const int images = 2, steps = 4;
+        var pixels = TestModels.RandomImages(model.Config, images, 3).Normalized(0, images, model.Config);
+        using var reference = Backends.Create(BackendKind.Reference);
+        var expected = Run(model, reference, pixels, images, steps);
+        var actual = Run(model, backend, pixels, images, steps);
+        for (int t = 0; t < steps; t++)
+        {
+            var e = expected.Outputs[t];
+            var a = actual.Outputs[t];
+            for (int k = 0; k < e.AccumulatedLogits.Length; k++)
+                Assert.True(Math.Abs(e.AccumulatedLogits[k] - a.AccumulatedLogits[k]) <= 1e-4 + 1e-4 * Math.Abs(e.AccumulatedLogits[k]),
+                    $"step {t + 1}, logit {k}: {a.AccumulatedLogits[k]} vs reference {e.AccumulatedLogits[k]}");
+            Assert.Equal(e.Sops, a.Sops);
+            Assert.Equal(e.Spikes, a.Spikes);
+        }
+    }
+
+    [Theory]
+    [InlineData("fastcpu")]
+    [InlineData("cuda")]
+    [InlineData("opencl")]
+    public void Shipped_model_predicts_like_the_reference_on_200_test_images(string backendName)
+    {
+        var path = TestModels.ShippedModel();
+        Assert.SkipWhen(path is null, "the shipped model is not built yet");
+        using var backend = CreateOrSkip(backendName);
+        var model = new SpikingModel(ConvertedModel.Load(path!));
+        const int images = 200, steps = 8;
+        var test = FashionMnist.Load(Split.Test).Take(images);
+        var pixels = test.Normalized(0, images, model.Config);
+        using var reference = Backends.Create(BackendKind.Reference);
+        var expected = Run(model, reference, pixels, images, steps).Predictions;
+        var actual = Run(model, backend, pixels, images, steps).Predictions;
+
+        int agree = 0;
+        for (int i = 0; i < images; i++)
+            for (int t = 0; t < steps; t++)
+                if (expected[i, t] == actual[i, t]) agree++;
+        double agreement = (double)agree / (images * steps);
+        Assert.True(agreement >= 0.995, $"{backendName} agrees with the reference on {agreement:P2} of (image, step) pairs");
+        for (int t = 0; t < steps; t++)
+        {
+            int step = t;
+            double referenceTop1 = Enumerable.Range(0, images).Count(i => expected[i, step] == test.Labels[i]) / (double)images;
+            double backendTop1 = Enumerable.Range(0, images).Count(i => actual[i, step] == test.Labels[i]) / (double)images;
+            Assert.True(Math.Abs(referenceTop1 - backendTop1) <= 0.002 + 1e-12,
+                $"step {t + 1}: top-1 {backendTop1:P1} on {backendName}, {referenceTop1:P1} on the reference");
+        }
+    }
+}
