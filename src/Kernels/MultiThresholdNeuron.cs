@@ -24,7 +24,20 @@ public sealed class MultiThresholdNeuron
         LambdaPos = lambdaPos;
         LambdaNeg = lambdaNeg;
         Inner = inner;
+        _thresholdPos = new float[lambdaPos.Length * levels];
+        _thresholdNeg = new float[lambdaPos.Length * levels];
+        for (int g = 0; g < lambdaPos.Length; g++)
+        {
+            for (int k = 0; k < levels; k++)
+            {
+                _thresholdPos[g * levels + k] = Threshold(lambdaPos[g], k);
+                _thresholdNeg[g * levels + k] = Threshold(lambdaNeg[g], k);
+            }
+        }
     }
+
+    // Threshold(λ, k) for every group and level, (G, n): the same floats, computed once.
+    readonly float[] _thresholdPos, _thresholdNeg;
 
     /// <summary>One threshold pair for the whole tensor.</summary>
     public static MultiThresholdNeuron PerTensor(int levels, float lambdaPos, float lambdaNeg) => new(levels, [lambdaPos], [lambdaNeg]);
@@ -59,21 +72,28 @@ public sealed class MultiThresholdNeuron
     /// </summary>
     public sbyte Fire(ref float membrane, int g)
     {
-        float lp = LambdaPos[g], ln = LambdaNeg[g];
-        for (int k = Levels - 1; k >= 0; k--)
+        // Thresholds grow with k, so a membrane below the lowest one on either side stays silent.
+        int row = g * Levels;
+        if (membrane >= _thresholdPos[row])
         {
-            if (membrane >= Threshold(lp, k))
+            for (int k = Levels - 1; k >= 0; k--)
             {
-                membrane -= lp * Pow2(k);
-                return (sbyte)(k + 1);
+                if (membrane >= _thresholdPos[row + k])
+                {
+                    membrane -= LambdaPos[g] * Pow2(k);
+                    return (sbyte)(k + 1);
+                }
             }
         }
-        for (int k = Levels - 1; k >= 0; k--)
+        else if (membrane <= -_thresholdNeg[row])
         {
-            if (membrane <= -Threshold(ln, k))
+            for (int k = Levels - 1; k >= 0; k--)
             {
-                membrane += ln * Pow2(k);
-                return (sbyte)-(k + 1);
+                if (membrane <= -_thresholdNeg[row + k])
+                {
+                    membrane += LambdaNeg[g] * Pow2(k);
+                    return (sbyte)-(k + 1);
+                }
             }
         }
         return 0;

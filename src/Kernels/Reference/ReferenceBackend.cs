@@ -87,17 +87,19 @@ public sealed class ReferenceBackend : ISpikingBackend
         var s = (Spikes)spikes;
         var c = (Counters)counters;
         long perImage = x.Length / input.Images;
-        for (long i = 0; i < x.Length; i++)
+        // Images are independent: one task each.
+        Parallel.For(0, input.Images, image =>
         {
-            v[i] += x[i];
-            s.Codes[i] = s.Neuron.Fire(ref v[i], s.Neuron.GroupOf(i));
-            if (s.Codes[i] != 0)
+            long fired = 0;
+            for (long i = image * perImage; i < (image + 1) * perImage; i++)
             {
-                long image = i / perImage;
-                c.Spikes[image]++;
-                c.Sops[image] += fanOut;
+                v[i] += x[i];
+                s.Codes[i] = s.Neuron.Fire(ref v[i], s.Neuron.GroupOf(i));
+                if (s.Codes[i] != 0) fired++;
             }
-        }
+            c.Spikes[image] += fired;
+            c.Sops[image] += fired * fanOut;
+        });
     }
 
     public void SpikeLinear(SpikeTensor input, LinearLayer layer, DeviceTensor output) =>
@@ -112,24 +114,28 @@ public sealed class ReferenceBackend : ISpikingBackend
     {
         float[] x = Data(input), sum = Data(state.InputSum), cumulative = Data(state.OutputSum), o = Data(output);
         int width = input.Columns;
-        var mean = new float[width];
-        var fOfMean = new float[width];
-        for (long row = 0; row < input.Rows; row++)
+        long rowsPerImage = input.Rows / input.Images;
+        Parallel.For(0, input.Images, image =>
         {
-            long start = row * width;
-            for (int j = 0; j < width; j++)
+            var mean = new float[width];
+            var fOfMean = new float[width];
+            for (long row = image * rowsPerImage; row < (image + 1) * rowsPerImage; row++)
             {
-                sum[start + j] += x[start + j];
-                mean[j] = sum[start + j] / t;
+                long start = row * width;
+                for (int j = 0; j < width; j++)
+                {
+                    sum[start + j] += x[start + j];
+                    mean[j] = sum[start + j] / t;
+                }
+                f(mean, fOfMean);
+                for (int j = 0; j < width; j++)
+                {
+                    float current = t * fOfMean[j];
+                    o[start + j] = current - cumulative[start + j];
+                    cumulative[start + j] = current;
+                }
             }
-            f(mean, fOfMean);
-            for (int j = 0; j < width; j++)
-            {
-                float current = t * fOfMean[j];
-                o[start + j] = current - cumulative[start + j];
-                cumulative[start + j] = current;
-            }
-        }
+        });
     }
 
     public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output) =>
@@ -187,7 +193,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         int images = qkv.Images, n = qkv.Shape[1], d = qkv.Columns / 3, dh = d / heads;
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(scores);
         var c = (Counters)counters;
-        for (int image = 0; image < images; image++)
+        Parallel.For(0, images, image =>
         {
             for (int h = 0; h < heads; h++)
             {
@@ -203,7 +209,7 @@ public sealed class ReferenceBackend : ISpikingBackend
                 Scatter(sumQ, sums, image, n, 3 * d, h * dh, dh);
                 Scatter(Transpose(sumKT, dh, n), sums, image, n, 3 * d, d + h * dh, dh);
             }
-        }
+        });
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
@@ -213,7 +219,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         float[] a = ((Spikes)probs).Values(), sumsA = Data(probSums);
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(output);
         var c = (Counters)counters;
-        for (int image = 0; image < images; image++)
+        Parallel.For(0, images, image =>
         {
             for (int h = 0; h < heads; h++)
             {
@@ -230,7 +236,7 @@ public sealed class ReferenceBackend : ISpikingBackend
                 Scatter(pBlock, p, image, n, d, h * dh, dh);
                 Scatter(oBlock, o, image, n, d, h * dh, dh);
             }
-        }
+        });
     }
 
     /// <summary>The (N, width) block of columns [offset, offset + width) of one image of a (B, N, rowLength) tensor.</summary>
