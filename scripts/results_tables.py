@@ -64,12 +64,16 @@ if validation:
     lines += ["### Choosing the conversion on held-out training images", "",
               "`ecmt eval --split validation --steps 8 --preset P --thresholds G --quantile q` (2,500 images never "
               "used for training or calibration):", "",
-              "| preset | thresholds | p | ANN % | T=1 | T=2 | T=4 | T=8 | energy T=4 |", "|---|---|---|---|---|---|---|---|---|"]
+              "| preset | thresholds | p | ANN % | T=1 | T=2 | T=4 | T=8 | mean T=1..8 | energy T=4 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    shipped = (default["preset"], default["thresholds"], default["quantile"]) if default else None
     for path in validation:
         r = json.load(open(path))
         s = r["snn_top1_by_step"]
-        lines.append(f"| {r['preset']} | {r['thresholds']} | {r['quantile']} | {pct(r['ann_top1'])} | "
-                     f"{pct(s[0])} | {pct(s[1])} | {pct(s[3])} | {pct(s[7])} | {r['energy_ratio_by_step'][3]:.3f} |")
+        mark = " **(shipped)**" if (r["preset"], r["thresholds"], r["quantile"]) == shipped else ""
+        lines.append(f"| {r['preset']}{mark} | {r['thresholds']} | {r['quantile']} | {pct(r['ann_top1'])} | "
+                     f"{pct(s[0])} | {pct(s[1])} | {pct(s[3])} | {pct(s[7])} | {pct(sum(s[:8]) / 8)} | "
+                     f"{r['energy_ratio_by_step'][3]:.3f} |")
     lines.append("")
 
 cross = load("cross-check-reference.json")
