@@ -20,10 +20,11 @@ static class EvalCommand
         var batch = new Option<int>("--batch") { Description = "Images simulated together", DefaultValueFactory = _ => 100 };
         var backend = new Option<string>("--backend") { Description = "auto, fastcpu, reference, cuda, opencl or cpu (ILGPU's CPU accelerator)", DefaultValueFactory = _ => "auto" };
         var stopAt = new Option<double[]>("--stop-at") { Description = "Early-exit study: stop each image at the first step whose top-1 probability reaches p", AllowMultipleArgumentsPerToken = true };
+        var confirm = new Option<int[]>("--confirm-steps") { Description = "Early-exit study: also require the top-1 class to be unchanged for the last k steps (1: no confirmation; several values give one entry each)", AllowMultipleArgumentsPerToken = true };
         var workers = new Option<int?>("--workers") { Description = "Batches simulated in parallel (default: one per core on the reference backend, else 1)" };
         var command = new Command("eval", "Evaluate the ANN and its spiking conversion on the Fashion-MNIST test set; prints one JSON object.")
         {
-            limit, split, steps, batch, backend, stopAt, workers,
+            limit, split, steps, batch, backend, stopAt, confirm, workers,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
@@ -74,12 +75,18 @@ static class EvalCommand
             if (parse.GetValue(stopAt) is { Length: > 0 } thresholds)
             {
                 var exits = new JsonArray();
-                foreach (var p in thresholds)
-                {
-                    var (top1, meanSteps, energy) = result.EarlyExit(p);
-                    exits.Add(new JsonObject { ["threshold"] = p, ["top1"] = Math.Round(top1, 4), ["mean_steps"] = Math.Round(meanSteps, 3), ["energy_ratio"] = Math.Round(energy, 4) });
-                }
-                json["early_exit"] = thresholds.Length == 1 ? exits[0]!.DeepClone() : exits;
+                int[] confirmations = parse.GetValue(confirm) is { Length: > 0 } given ? given : [1];
+                foreach (int k in confirmations)
+                    foreach (var p in thresholds)
+                    {
+                        var (top1, meanSteps, energy) = result.EarlyExit(p, k);
+                        exits.Add(new JsonObject
+                        {
+                            ["threshold"] = p, ["confirm_steps"] = k, ["top1"] = Math.Round(top1, 4),
+                            ["mean_steps"] = Math.Round(meanSteps, 3), ["energy_ratio"] = Math.Round(energy, 4),
+                        });
+                    }
+                json["early_exit"] = exits.Count == 1 ? exits[0]!.DeepClone() : exits;
             }
             json["seconds"] = Math.Round(result.Seconds, 1);
             Console.WriteLine(json.ToJsonString());

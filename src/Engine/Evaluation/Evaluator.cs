@@ -39,17 +39,23 @@ public sealed class EvaluationResult(int images, int steps)
     double MeanSops(int t) => Enumerable.Range(0, Images).Average(i => (double)Sops[i, t]);
 
     /// <summary>
-    /// Early exit: each image stops at the first step whose top-1 probability reaches <paramref name="threshold"/>,
+    /// Early exit: each image stops at the first step whose top-1 probability reaches <paramref name="threshold"/>
+    /// and whose top-1 class has been the same for the last <paramref name="confirmSteps"/> steps (1: no confirmation),
     /// else at the last step; returns top-1 over the stopped predictions, the mean steps used and their mean energy ratio.
     /// </summary>
-    public (double Top1, double MeanSteps, double EnergyRatio) EarlyExit(double threshold)
+    public (double Top1, double MeanSteps, double EnergyRatio) EarlyExit(double threshold, int confirmSteps = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(confirmSteps, 1);
         int correct = 0;
         double steps = 0, sops = 0;
         for (int i = 0; i < Images; i++)
         {
-            int t = 0;
-            while (t < Steps - 1 && Confidence[i, t] < threshold) t++;
+            int t = 0, same = 1;
+            while (t < Steps - 1 && (Confidence[i, t] < threshold || same < confirmSteps))
+            {
+                t++;
+                same = Predictions[i, t] == Predictions[i, t - 1] ? same + 1 : 1;
+            }
             if (Predictions[i, t] == Labels[i]) correct++;
             steps += t + 1;
             sops += Sops[i, t];
