@@ -68,29 +68,38 @@ public class CrossBackendModelTests
         }
     }
 
+    /// <summary>
+    /// The shipped model on the first 1,000 test images, 8 steps. Predictions must agree with the reference on at
+    /// least 99.5 % of (image, step) pairs, both on the fixed set of the first 200 images and on all 1,000; per-step
+    /// top-1 may differ by at most 0.2 point. That bound is measured on 1,000 images because on 200 one image is
+    /// already 0.5 point: a single neuron flipped by summation order once moved step 3 from 88.0 % to 87.5 % there.
+    /// </summary>
     [Theory]
     [InlineData("fastcpu")]
     [InlineData("cuda")]
     [InlineData("opencl")]
-    public void Shipped_model_predicts_like_the_reference_on_200_test_images(string backendName)
+    public void Shipped_model_predicts_like_the_reference_on_the_test_images(string backendName)
     {
         var path = TestModels.ShippedModel();
         Assert.SkipWhen(path is null, "the shipped model is not built yet");
         using var backend = CreateOrSkip(backendName);
         var model = new SpikingModel(ConvertedModel.Load(path!));
-        const int images = 200, steps = 8;
+        const int images = 1000, fixedSet = 200, steps = 8;
         var test = FashionMnist.Load(Split.Test).Take(images);
         var pixels = test.Normalized(0, images, model.Config);
         using var reference = Backends.Create(BackendKind.Reference);
         var expected = Run(model, reference, pixels, images, steps).Predictions;
         var actual = Run(model, backend, pixels, images, steps).Predictions;
 
-        int agree = 0;
-        for (int i = 0; i < images; i++)
-            for (int t = 0; t < steps; t++)
-                if (expected[i, t] == actual[i, t]) agree++;
-        double agreement = (double)agree / (images * steps);
-        Assert.True(agreement >= 0.995, $"{backendName} agrees with the reference on {agreement:P2} of (image, step) pairs");
+        foreach (int count in new[] { fixedSet, images })
+        {
+            int agree = 0;
+            for (int i = 0; i < count; i++)
+                for (int t = 0; t < steps; t++)
+                    if (expected[i, t] == actual[i, t]) agree++;
+            double agreement = (double)agree / (count * steps);
+            Assert.True(agreement >= 0.995, $"{backendName} agrees with the reference on {agreement:P2} of (image, step) pairs of the first {count} images");
+        }
         for (int t = 0; t < steps; t++)
         {
             int step = t;
