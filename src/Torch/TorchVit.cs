@@ -106,9 +106,15 @@ public sealed class TorchVit : Module<Tensor, Tensor>
     readonly LayerNorm norm;
     readonly Linear head;
 
-    public TorchVit(VitConfig config) : base(nameof(TorchVit))
+    static string LoadTorch(string name)
     {
         TorchRuntime.EnsureLoaded();
+        return name;
+    }
+
+    // libtorch must be loadable before Module's constructor touches it, so the fix runs in the base call's argument.
+    public TorchVit(VitConfig config) : base(LoadTorch(nameof(TorchVit)))
+    {
         Config = config;
         patch_embed = new PatchEmbed(config);
         cls_token = Parameter(zeros(1, 1, config.EmbedDim));
