@@ -11,6 +11,9 @@ public sealed class ChannelTests(ServerFixture fixture) : IClassFixture<ServerFi
         using var wire = new Wire();
         using var client = new EcmtClient(fixture.Host.Address.ToString(), new EcmtClientOptions { ChannelOptions = wire.ChannelOptions() });
         const int Workers = 12, CallsEach = 5;
+        // One call first: while the first HTTP/2 connection is still being set up, SocketsHttpHandler may open a
+        // second one for requests that arrive in that window (seen on a cold CI process). Reuse is the claim here.
+        Assert.Equal(2, (await client.ListModelsAsync()).Count);
 
         var results = await Task.WhenAll(Enumerable.Range(0, Workers).Select(w => Task.Run(async () =>
         {
@@ -28,7 +31,7 @@ public sealed class ChannelTests(ServerFixture fixture) : IClassFixture<ServerFi
 
         Assert.Equal(Workers * CallsEach, results.Sum(r => r.Count));
         Assert.Equal(1, wire.Connections);
-        Assert.Equal(Workers * CallsEach + Workers, wire.Requests);
+        Assert.Equal(Workers * CallsEach + Workers + 1, wire.Requests);
     }
 
     [Fact]
