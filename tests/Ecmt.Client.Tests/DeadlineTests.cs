@@ -8,10 +8,16 @@ public sealed class DeadlineTests(ServerFixture fixture) : IClassFixture<ServerF
 {
     static ClassifyInput Image => ClassifyInput.FromTensor(TestModels.Intensities(6), 1, TestModels.Size, TestModels.Size);
 
+    /// <summary>One short call first: on a cold process (a fresh CI build) the first call's set-up alone can outlast
+    /// these tests' sub-second deadlines, and then the engine never starts the run they wait for.</summary>
+    static Task WarmUp(EcmtClient client) =>
+        client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = 1, Timeout = TimeSpan.FromSeconds(60) }).ToListAsync();
+
     [Fact]
     public async Task A_call_deadline_stops_the_engine()
     {
         using var client = new EcmtClient(fixture.Host.Address.ToString());
+        await WarmUp(client);
         var model = fixture.Host.Model(TestModels.Deep);
         long before = model.StepsRun;
         var run = model.NextRun();
@@ -38,9 +44,7 @@ public sealed class DeadlineTests(ServerFixture fixture) : IClassFixture<ServerF
     public async Task The_client_default_applies_unless_a_call_sets_its_own()
     {
         using var client = new EcmtClient(fixture.Host.Address.ToString(), new EcmtClientOptions { DefaultTimeout = TimeSpan.FromMilliseconds(400) });
-        // Warm up the connection and the server's path first: on a cold process (a fresh CI build) the first call's
-        // set-up alone can outlast 400 ms, and then the engine never starts the run this test waits for.
-        await client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = 1, Timeout = TimeSpan.FromSeconds(60) }).ToListAsync();
+        await WarmUp(client);
         var run = fixture.Host.Model(TestModels.Deep).NextRun();
         var error = await Assert.ThrowsAsync<EcmtRpcException>(() => client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = 100_000 }).ToListAsync());
         Assert.Equal("DEADLINE_EXCEEDED", error.Code);
