@@ -1,138 +1,77 @@
 using System.Diagnostics;
-using Ecmt.Engine.Imaging;
 using Ecmt.Engine.Serving;
 using Ecmt.Protos.V1;
 using Grpc.Core;
-using Microsoft.Extensions.Options;
 using ProtoStopReason = Ecmt.Protos.V1.StopReason;
 
 namespace Ecmt.Server;
 
 /// <summary>
-/// The ecmt.v1.Classifier service: validates a request, hands it to the engine, streams the engine's steps back and
-/// maps every failure to a precise status (the list is in classifier.proto).
+/// The ecmt.v1.Classifier service: turns a request into a <see cref="ClassifyJob"/> and streams the engine's steps
+/// back. Checks, admission and the status of every failure (the list is in classifier.proto) are
+/// <see cref="Classifications"/>, shared with the Open Inference Protocol.
 /// </summary>
-sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLifecycle lifecycle, ServerMetrics metrics,
-    IOptions<EcmtOptions> options, ILogger<ClassifierService> logger) : Classifier.ClassifierBase
+sealed class ClassifierService(Classifications classifications) : Classifier.ClassifierBase
 {
     const int DefaultTopK = 5;
-    readonly EcmtOptions _options = options.Value;
 
     public override async Task Classify(ClassifyRequest request, IServerStreamWriter<ClassifyUpdate> responseStream, ServerCallContext context)
     {
         long received = Stopwatch.GetTimestamp();
-        if (lifecycle.Stopping) throw Fail(StatusCode.Unavailable, "the server is shutting down; retry on another instance");
-        var model = RequireModel(request.Model, "model");
-        int maxSteps = request.MaxSteps == 0 ? Math.Min(_options.DefaultSteps, _options.Limits.MaxSteps) : checked((int)Math.Min(request.MaxSteps, int.MaxValue));
-        if (request.MaxSteps > _options.Limits.MaxSteps)
-            throw Fail(StatusCode.OutOfRange, $"max_steps is {request.MaxSteps}; this server runs at most {_options.Limits.MaxSteps} steps per request");
+        classifications.RequireAccepting();
+        var model = classifications.RequireModel(request.Model, "model");
+        int maxSteps = classifications.Steps(request.MaxSteps);
         var stop = StopPolicyOf(request);
         int topK = request.TopK == 0 ? DefaultTopK : (int)Math.Min(request.TopK, (uint)model.Config.NumClasses);
-        if (request.InputCase == ClassifyRequest.InputOneofCase.None)
-            throw Fail(StatusCode.InvalidArgument, "input is missing: set image (PNG or JPEG bytes) or tensor (intensities in [0, 1], shape (C, H, W))");
+        ModelInput input = request.InputCase switch
+        {
+            ClassifyRequest.InputOneofCase.Image => new ModelInput.Encoded(request.Image.Memory) { Where = "image" },
+            ClassifyRequest.InputOneofCase.Tensor => new ModelInput.Intensities(
+                request.Tensor.Shape.Select(d => (int)Math.Min(d, int.MaxValue)).ToArray(), request.Tensor.Data.ToArray()),
+            _ => throw Classifications.Fail(StatusCode.InvalidArgument,
+                "input is missing: set image (PNG or JPEG bytes) or tensor (intensities in [0, 1], shape (C, H, W))"),
+        };
 
-        if (model.State != ModelState.Ready)
-            throw NotReady(new ModelNotReadyException(model.Name, model.State,
-                model.State == ModelState.Failed ? $"model '{model.Name}' failed to load: {model.Error}" : $"model '{model.Name}' is still loading; retry shortly"));
-
-        using var slot = limiter.TryAcquire()
-            ?? throw Fail(StatusCode.ResourceExhausted, $"too many Classify streams: this server runs {_options.Limits.MaxConcurrentStreams} at once; retry later");
-        metrics.StreamStarted();
-        try
+        await classifications.RunAsync(new ClassifyJob(model, input, maxSteps, stop), async step =>
         {
-            float[] pixels;
-            try
+            var update = new ClassifyUpdate
             {
-                pixels = request.InputCase == ClassifyRequest.InputOneofCase.Image
-                    ? ImageInput.Decode(request.Image.Span, model.Config)
-                    : ImageInput.FromTensor(request.Tensor.Shape.Select(d => (int)Math.Min(d, int.MaxValue)).ToArray(), request.Tensor.Data.ToArray(), model.Config);
-            }
-            catch (InvalidInputException e)
-            {
-                throw Fail(StatusCode.InvalidArgument, request.InputCase == ClassifyRequest.InputOneofCase.Image ? $"image: {e.Message}" : e.Message);
-            }
-
-            await foreach (var step in model.ClassifyAsync(pixels, maxSteps, stop, context.CancellationToken))
-            {
-                var update = new ClassifyUpdate
-                {
-                    Step = (uint)step.Step,
-                    Confidence = step.Confidence,
-                    SynapticOperations = (ulong)step.SynapticOperations,
-                    EnergyRatio = step.EnergyRatio,
-                    FiringRate = step.FiringRate,
-                    StepMs = step.StepMilliseconds,
-                    ElapsedMs = Stopwatch.GetElapsedTime(received).TotalMilliseconds,
-                    StopReason = ReasonOf(step.StopReason),
-                };
-                foreach (var score in step.Top(topK))
-                    update.Top.Add(new Protos.V1.ClassScore { Index = (uint)score.Index, Name = score.Name, Probability = score.Probability });
-                await responseStream.WriteAsync(update, context.CancellationToken);
-                if (step.StopReason != Engine.Serving.StopReason.None)
-                    Log.Classified(logger, model.Name, step.Prediction, step.Confidence, step.Step, maxSteps, step.StopReason, update.ElapsedMs);
-            }
-        }
-        catch (ModelNotReadyException e)
-        {
-            throw NotReady(e);
-        }
-        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
-        {
-            // The client cancelled, its deadline passed, or shutdown ran out of time: the engine has stopped.
-            var code = context.Deadline <= DateTime.UtcNow ? StatusCode.DeadlineExceeded : StatusCode.Cancelled;
-            Log.EndedEarly(logger, model.Name, code);
-            throw Fail(code, code == StatusCode.DeadlineExceeded ? "the deadline passed; computing stopped" : "the call was cancelled; computing stopped");
-        }
-        catch (Exception e) when (e is not RpcException)
-        {
-            Log.EngineFailed(logger, e, model.Name);
-            throw Fail(StatusCode.Internal, $"the engine failed: {e.Message}");
-        }
-        finally
-        {
-            metrics.StreamEnded();
-        }
+                Step = (uint)step.Step,
+                Confidence = step.Confidence,
+                SynapticOperations = (ulong)step.SynapticOperations,
+                EnergyRatio = step.EnergyRatio,
+                FiringRate = step.FiringRate,
+                StepMs = step.StepMilliseconds,
+                ElapsedMs = Stopwatch.GetElapsedTime(received).TotalMilliseconds,
+                StopReason = ReasonOf(step.StopReason),
+            };
+            foreach (var score in step.Top(topK))
+                update.Top.Add(new Protos.V1.ClassScore { Index = (uint)score.Index, Name = score.Name, Probability = score.Probability });
+            await responseStream.WriteAsync(update, context.CancellationToken);
+        }, context.Deadline, context.CancellationToken);
     }
 
     public override Task<ListModelsResponse> ListModels(ListModelsRequest request, ServerCallContext context)
     {
         var response = new ListModelsResponse();
-        response.Models.AddRange(host.Models.Select(Describe));
+        response.Models.AddRange(classifications.Models.Select(m => Describe(classifications, m)));
         return Task.FromResult(response);
     }
 
     public override Task<ModelInfo> GetModel(GetModelRequest request, ServerCallContext context) =>
-        Task.FromResult(Describe(RequireModel(request.Name, "name")));
+        Task.FromResult(Describe(classifications, classifications.RequireModel(request.Name, "name")));
 
-    HostedModel RequireModel(string name, string field)
-    {
-        if (string.IsNullOrWhiteSpace(name))
-            throw Fail(StatusCode.InvalidArgument, $"{field} is missing: name a hosted model ({string.Join(", ", host.Models.Select(m => m.Name))})");
-        return host.Find(name)
-            ?? throw Fail(StatusCode.NotFound, $"model '{name}' is not hosted here; hosted: {string.Join(", ", host.Models.Select(m => m.Name))}");
-    }
-
-    static Engine.Serving.StopPolicy StopPolicyOf(ClassifyRequest request)
-    {
-        if (request.Stop is null) return Engine.Serving.StopPolicy.None;
-        var policy = request.Stop.RuleCase switch
+    static Engine.Serving.StopPolicy StopPolicyOf(ClassifyRequest request) => request.Stop is null
+        ? Engine.Serving.StopPolicy.None
+        : Classifications.Validated(request.Stop.RuleCase switch
         {
             Protos.V1.StopPolicy.RuleOneofCase.MinConfidence => new Engine.Serving.StopPolicy(MinConfidence: request.Stop.MinConfidence),
             Protos.V1.StopPolicy.RuleOneofCase.StableSteps => new Engine.Serving.StopPolicy(StableSteps: (int)Math.Min(request.Stop.StableSteps, int.MaxValue)),
-            _ => throw Fail(StatusCode.InvalidArgument, "stop is set but has no rule: set min_confidence or stable_steps, or leave stop unset"),
-        };
-        try
-        {
-            policy.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw Fail(StatusCode.InvalidArgument, e.Message);
-        }
-        return policy;
-    }
+            _ => throw Classifications.Fail(StatusCode.InvalidArgument, "stop is set but has no rule: set min_confidence or stable_steps, or leave stop unset"),
+        });
 
-    ModelInfo Describe(HostedModel model)
+    /// <summary>The model as ListModels and GetModel describe it (also served as JSON at /ecmt/v1/models for the page).</summary>
+    internal static ModelInfo Describe(Classifications classifications, HostedModel model)
     {
         var c = model.Config;
         var info = new ModelInfo
@@ -144,10 +83,10 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
             EmbedDim = (uint)c.EmbedDim,
             Depth = (uint)c.Depth,
             NumHeads = (uint)c.NumHeads,
-            DefaultSteps = (uint)Math.Min(_options.DefaultSteps, _options.Limits.MaxSteps),
-            MaxSteps = (uint)_options.Limits.MaxSteps,
-            Backend = model.BackendName ?? Kernels.Backends.NameOf(host.Backend),
-            Ready = model.State == ModelState.Ready && !lifecycle.Stopping,
+            DefaultSteps = (uint)classifications.DefaultSteps,
+            MaxSteps = (uint)classifications.MaxSteps,
+            Backend = model.BackendName ?? Kernels.Backends.NameOf(classifications.Host.Backend),
+            Ready = classifications.ModelReady(model),
             HealthService = HealthNames.Model(model.Name),
         };
         info.ClassNames.AddRange(c.ClassNames);
@@ -167,35 +106,4 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
         Engine.Serving.StopReason.Stable => ProtoStopReason.Stable,
         _ => ProtoStopReason.Unspecified,
     };
-
-    static RpcException NotReady(ModelNotReadyException e) =>
-        Fail(e.State == ModelState.Failed ? StatusCode.FailedPrecondition : StatusCode.Unavailable, e.Message);
-
-    static RpcException Fail(StatusCode code, string message) => new(new Status(code, message));
-}
-
-/// <summary>Admits at most a fixed number of Classify streams at once; refuses rather than queues, so clients back off.</summary>
-sealed class StreamLimiter(IOptions<EcmtOptions> options)
-{
-    readonly int _limit = options.Value.Limits.MaxConcurrentStreams;
-    int _active;
-
-    public int Active => Volatile.Read(ref _active);
-
-    public Slot? TryAcquire()
-    {
-        if (Interlocked.Increment(ref _active) <= _limit) return new Slot(this);
-        Interlocked.Decrement(ref _active);
-        return null;
-    }
-
-    public sealed class Slot(StreamLimiter owner) : IDisposable
-    {
-        int _released;
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _released, 1) == 0) Interlocked.Decrement(ref owner._active);
-        }
-    }
 }

@@ -23,6 +23,13 @@ public sealed class EcmtOptions
     /// <summary>gRPC port (HTTP/2; with TLS also HTTP/1.1 through ALPN). 0 picks a free port.</summary>
     [Range(0, 65535)] public int Port { get; set; } = 50051;
 
+    /// <summary>
+    /// HTTP/1.1 port (with TLS: HTTPS, HTTP/1.1 and HTTP/2) for the Open Inference Protocol's REST endpoints, the
+    /// streaming endpoint, the OpenAPI description and the live page at /. 0: no such listener, the endpoints stay on
+    /// the gRPC port (reachable there over HTTP/2, or HTTP/1.1 through ALPN with TLS).
+    /// </summary>
+    [Range(0, 65535)] public int HttpPort { get; set; } = 8080;
+
     /// <summary>Plain HTTP/1.1 port for /metrics and /healthz (Prometheus scrapers speak HTTP/1.1). 0: no such listener, the endpoints stay on the gRPC port.</summary>
     [Range(0, 65535)] public int MetricsPort { get; set; } = 9464;
 
@@ -49,9 +56,9 @@ public sealed class TlsOptions
 
 public sealed class LimitOptions
 {
-    /// <summary>Classify streams running at once, over all models; one more is refused with RESOURCE_EXHAUSTED.</summary>
+    /// <summary>Classifications running at once, over all models and protocols; one more is refused with RESOURCE_EXHAUSTED (REST: 429).</summary>
     [Range(1, 100_000)] public int MaxConcurrentStreams { get; set; } = 16;
-    /// <summary>Largest request message in bytes; larger ones are refused with RESOURCE_EXHAUSTED.</summary>
+    /// <summary>Largest request message (gRPC) or body (REST) in bytes; larger ones are refused with RESOURCE_EXHAUSTED (REST: 413).</summary>
     [Range(1024, int.MaxValue)] public int MaxMessageBytes { get; set; } = 4 * 1024 * 1024;
     /// <summary>Most time steps a request may ask for; more is OUT_OF_RANGE.</summary>
     [Range(1, 1_000_000)] public int MaxSteps { get; set; } = 128;

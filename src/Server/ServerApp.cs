@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
 using Ecmt.Engine.Serving;
+using Ecmt.Server.Oip;
 using Grpc.AspNetCore.HealthChecks;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -11,9 +12,15 @@ using OpenTelemetry.Resources;
 
 namespace Ecmt.Server;
 
-/// <summary>Builds the server: configuration, Kestrel listeners, gRPC services, health, reflection, metrics. Tests build it the same way.</summary>
+/// <summary>
+/// Builds the server: configuration, Kestrel listeners, the gRPC services (ecmt.v1, the Open Inference Protocol),
+/// REST, the page, health, reflection, metrics. Tests build it the same way.
+/// </summary>
 public static class ServerApp
 {
+    /// <summary>The OpenAPI description's name: it is served at /openapi/ecmt.json.</summary>
+    public const string OpenApiDocument = "ecmt";
+
     /// <summary>Short command-line switches for the common keys (the long form --Ecmt:Key=value works for every key).</summary>
     public static readonly IReadOnlyDictionary<string, string> SwitchMappings = new Dictionary<string, string>
     {
@@ -21,6 +28,7 @@ public static class ServerApp
         ["--backend"] = "Ecmt:Backend",
         ["--address"] = "Ecmt:Address",
         ["--port"] = "Ecmt:Port",
+        ["--http-port"] = "Ecmt:HttpPort",
         ["--metrics-port"] = "Ecmt:MetricsPort",
         ["--tls-cert"] = "Ecmt:Tls:CertificateFile",
         ["--tls-key"] = "Ecmt:Tls:KeyFile",
@@ -38,6 +46,7 @@ public static class ServerApp
         services.AddOptions<EcmtOptions>().Bind(builder.Configuration.GetSection(EcmtOptions.Section))
             .ValidateDataAnnotations()
             .Validate(o => o.DefaultSteps <= o.Limits.MaxSteps, "Ecmt:DefaultSteps must not exceed Ecmt:Limits:MaxSteps")
+            .Validate(o => DistinctPorts(o), "Ecmt:Port, Ecmt:HttpPort and Ecmt:MetricsPort must differ (a port of 0 opens no listener, except Ecmt:Port, which picks a free one)")
             .Validate(o => !o.Tls.Enabled || File.Exists(o.Tls.CertificateFile), "Ecmt:Tls:CertificateFile does not exist")
             .Validate(o => o.Tls.KeyFile is null || File.Exists(o.Tls.KeyFile), "Ecmt:Tls:KeyFile does not exist")
             .ValidateOnStart();
@@ -53,6 +62,8 @@ public static class ServerApp
         services.AddSingleton<ServerMetrics>();
         services.AddSingleton<ServerLifecycle>();
         services.AddSingleton<StreamLimiter>();
+        services.AddSingleton<Classifications>();
+        services.AddSingleton<OipInference>();
         services.AddSingleton<ModelHost>();
         services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
 
@@ -62,6 +73,19 @@ public static class ServerApp
             o.EnableDetailedErrors = false;
         });
         services.AddGrpcReflection();
+        // REST objects in snake_case, for the endpoints and for the OpenAPI description generated from them.
+        services.ConfigureHttpJsonOptions(o => RestJson.Configure(o.SerializerOptions));
+        services.AddOpenApi(OpenApiDocument, o => o.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info = new Microsoft.OpenApi.OpenApiInfo
+            {
+                Title = "Ecmt REST API",
+                Version = OipInference.ServerVersion,
+                Description = "The Open Inference Protocol (KServe v2) over REST, a streaming endpoint with one JSON line per time step, "
+                    + "and ecmt.v1's model listing as JSON. Error bodies are {\"error\": \"...\"}; the statuses are src/Server/README.md's.",
+            };
+            return Task.CompletedTask;
+        }));
         services.AddGrpcHealthChecks();
         services.AddSingleton<HealthSetup>();
         services.AddSingleton<IConfigureOptions<HealthCheckServiceOptions>>(sp => sp.GetRequiredService<HealthSetup>());
@@ -89,6 +113,10 @@ public static class ServerApp
         var app = builder.Build();
         app.UseMiddleware<GrpcStatusMiddleware>();
         app.MapGrpcService<ClassifierService>();
+        app.MapGrpcService<OipGrpcService>();
+        RestApi.Map(app);
+        Page.Map(app);
+        app.MapOpenApi();
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
         app.MapPrometheusScrapingEndpoint("/metrics");
@@ -138,7 +166,23 @@ public static class ServerApp
                 listen.UseHttps(certificate);
             }
         });
+        if (o.HttpPort > 0)
+            Listen(kestrel, o.Address, o.HttpPort, listen =>
+            {
+                if (certificate is null) listen.Protocols = HttpProtocols.Http1;
+                else
+                {
+                    listen.Protocols = HttpProtocols.Http1AndHttp2;
+                    listen.UseHttps(certificate);
+                }
+            });
         if (o.MetricsPort > 0) Listen(kestrel, o.Address, o.MetricsPort, listen => listen.Protocols = HttpProtocols.Http1);
+    }
+
+    static bool DistinctPorts(EcmtOptions o)
+    {
+        int[] opened = [.. new[] { o.Port, o.HttpPort, o.MetricsPort }.Where(p => p > 0)];
+        return opened.Distinct().Count() == opened.Length;
     }
 
     static void Listen(KestrelServerOptions kestrel, string address, int port, Action<ListenOptions> configure)

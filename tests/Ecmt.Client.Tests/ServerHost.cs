@@ -38,6 +38,7 @@ sealed class ServerHost : IAsyncDisposable
         {
             ["Ecmt:Address"] = "127.0.0.1",
             ["Ecmt:Port"] = port.ToString(),
+            ["Ecmt:HttpPort"] = "0",
             ["Ecmt:MetricsPort"] = "0",
             ["Ecmt:Limits:MaxSteps"] = "1000000",
             ["Logging:LogLevel:Default"] = "Warning",

@@ -120,7 +120,7 @@ public sealed class LoadSpreadingTests : IAsyncLifetime
         public static async Task<Replica> StartAsync(string models, string address, int port)
         {
             var replica = new Replica();
-            var builder = ServerApp.CreateBuilder([$"--models={models}", "--backend=reference", $"--address={address}", $"--port={port}", "--metrics-port=0"]);
+            var builder = ServerApp.CreateBuilder([$"--models={models}", "--backend=reference", $"--address={address}", $"--port={port}", "--http-port=0", "--metrics-port=0"]);
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
             builder.Services.AddSingleton<IStartupFilter>(replica);
             replica._app = ServerApp.Build(builder);

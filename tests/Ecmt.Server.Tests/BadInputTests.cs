@@ -123,7 +123,7 @@ public sealed class BadInputTests : IAsyncLifetime
         Assert.True(await first.ResponseStream.MoveNext(CancellationToken.None));
         Assert.True(await second.ResponseStream.MoveNext(CancellationToken.None));
 
-        Expect(StatusCode.ResourceExhausted, "too many Classify streams", await Classify(Requests.Tensor(TestModels.Tiny, maxSteps: 1)));
+        Expect(StatusCode.ResourceExhausted, "too many classifications", await Classify(Requests.Tensor(TestModels.Tiny, maxSteps: 1)));
 
         cts.Cancel();
         // The slots free once both handlers have returned (just after their sessions went back to the pool).

@@ -1,4 +1,7 @@
+using System.Net;
+using System.Net.Sockets;
 using Ecmt.Engine.Serving;
+using Ecmt.Protos.Inference;
 using Ecmt.Protos.V1;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
@@ -18,18 +21,23 @@ namespace Ecmt.Server.Tests;
 /// </summary>
 sealed class ServerHost : IAsyncDisposable
 {
-    ServerHost(WebApplication app, GrpcChannel channel, Uri address)
+    ServerHost(WebApplication app, GrpcChannel channel, Uri address, Uri? httpAddress)
     {
         App = app;
         Channel = channel;
         Address = address;
+        HttpAddress = httpAddress;
         Client = new Classifier.ClassifierClient(channel);
+        Inference = new GRPCInferenceService.GRPCInferenceServiceClient(channel);
     }
 
     public WebApplication App { get; }
     public GrpcChannel Channel { get; }
     public Uri Address { get; }
+    /// <summary>The HTTP/1.1 port's address (REST, the page) when the host was started with one.</summary>
+    public Uri? HttpAddress { get; }
     public Classifier.ClassifierClient Client { get; }
+    public GRPCInferenceService.GRPCInferenceServiceClient Inference { get; }
     public ModelHost Models => App.Services.GetRequiredService<ModelHost>();
     public HostedModel Model(string name) => Models.Find(name)!;
 
@@ -37,8 +45,20 @@ sealed class ServerHost : IAsyncDisposable
 
     public static Task<ServerHost> KestrelAsync(params (string Key, string Value)[] settings) => StartAsync(kestrel: true, settings);
 
+    /// <summary>On Kestrel with the HTTP/1.1 port (REST, the page) at a free port; <paramref name="args"/> replace the test models.</summary>
+    public static Task<ServerHost> KestrelWithHttpAsync(string[]? args, params (string Key, string Value)[] settings) =>
+        StartAsync(kestrel: true, [("Ecmt:HttpPort", FreePort().ToString()), .. settings], args);
+
     /// <summary>In-process on the shipped default model (no model directory given).</summary>
     public static Task<ServerHost> DefaultModelAsync() => StartAsync(kestrel: false, [], ["--backend=reference"]);
+
+    /// <summary>A port free a moment ago (Kestrel reports only one address per listener, so the HTTP port is chosen here).</summary>
+    public static int FreePort()
+    {
+        using var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        return ((IPEndPoint)probe.LocalEndpoint).Port;
+    }
 
     static async Task<ServerHost> StartAsync(bool kestrel, (string Key, string Value)[] settings, string[]? args = null)
     {
@@ -47,6 +67,7 @@ sealed class ServerHost : IAsyncDisposable
         {
             ["Ecmt:Address"] = "127.0.0.1",
             ["Ecmt:Port"] = "0",
+            ["Ecmt:HttpPort"] = "0",
             ["Ecmt:MetricsPort"] = "0",
         };
         foreach (var (key, value) in settings) overrides[key] = value;
@@ -60,7 +81,9 @@ sealed class ServerHost : IAsyncDisposable
         Uri address;
         if (kestrel)
         {
-            address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
+            // The gRPC listener is the one at a port Kestrel picked (the HTTP port, when there is one, was given).
+            var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+            address = new Uri(addresses.First(a => new Uri(a).Port.ToString() != overrides["Ecmt:HttpPort"]));
             channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = null, MaxSendMessageSize = null });
         }
         else
@@ -69,7 +92,8 @@ sealed class ServerHost : IAsyncDisposable
             address = server.BaseAddress;
             channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = server.CreateHandler(), MaxSendMessageSize = null });
         }
-        var host = new ServerHost(app, channel, address);
+        int httpPort = int.Parse(overrides["Ecmt:HttpPort"]!);
+        var host = new ServerHost(app, channel, address, kestrel && httpPort > 0 ? new Uri($"http://127.0.0.1:{httpPort}/") : null);
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (!host.Models.LoadingFinished)
         {
@@ -79,8 +103,8 @@ sealed class ServerHost : IAsyncDisposable
         return host;
     }
 
-    /// <summary>An HTTP client for the non-gRPC endpoints (/metrics, /healthz) of an in-process server.</summary>
-    public HttpClient HttpClient() => App.GetTestServer().CreateClient();
+    /// <summary>An HTTP client for the non-gRPC endpoints (/metrics, /healthz, REST, the page): in-process, or on the HTTP port.</summary>
+    public HttpClient HttpClient() => HttpAddress is { } http ? new HttpClient { BaseAddress = http } : App.GetTestServer().CreateClient();
 
     public async ValueTask DisposeAsync()
     {
