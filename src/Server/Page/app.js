@@ -16,6 +16,9 @@ const state = {
   frame: 0,
 };
 
+// For the browser test and the console: what the page holds (steps received, with their arrival times).
+window.ecmtState = state;
+
 init().catch((e) => fail(`the page could not start: ${e.message}`));
 
 async function init() {
