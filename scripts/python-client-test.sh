@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# CI check of the gRPC contract from another language: generates the Python client from protos/, starts the real
+# CI check of the contracts from another language: generates the Python clients from protos/, starts the real
 # server on a model (the shipped models/fmnist-vit when present, else a small synthetic one), runs
-# examples/python/smoke_test.py against it (streaming, early stops, cancel, deadline, bad input), then stops the
-# server with SIGTERM and checks that it drained and exited cleanly. Exits non-zero on any failure.
+# examples/python/smoke_test.py against it (ecmt.v1: streaming, early stops, cancel, deadline, bad input) and
+# examples/python/oip_smoke_test.py (the Open Inference Protocol over gRPC and REST, the per-step stream, errors),
+# streams with curl, then stops the server with SIGTERM and checks that it drained and exited cleanly. Exits non-zero
+# on any failure.
 #
-# Needs: the .NET SDK; Debian's python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc.
+# Needs: the .NET SDK; Debian's python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc (curl, when
+# present, for the curl check).
 # ECMT_BACKEND chooses the backend (default here: reference, which every build has).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -35,17 +38,12 @@ else
   dotnet src/Cli/bin/Release/net10.0/ecmt.dll synth-model --out "$work/models/synthetic" >/dev/null
   models="$work/models"; model="synthetic"
 fi
-shopt -s nullglob
-images=(samples/*.png)
-if (( ${#images[@]} == 0 )) && [[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || -n "${ECMT_FASHION_MNIST_DIR:-}" ]]; then
-  [[ -f src/Cli/bin/Release/net10.0/ecmt.dll ]] || dotnet build src/Cli -c Release --nologo -v q -clp:ErrorsOnly >/dev/null
-  dotnet src/Cli/bin/Release/net10.0/ecmt.dll samples --out "$work/samples" >/dev/null
-  images=("$work"/samples/*.png)
-fi
+# The sample images the server's page shows (Fashion-MNIST test images, written by `ecmt samples`).
+images=(src/Server/Page/samples/*.png)
 images=("${images[@]:0:3}")
 
-read -r port metrics_port < <("$python" -c 'import socket
-s=[socket.socket() for _ in range(2)]
+read -r port http_port metrics_port < <("$python" -c 'import socket
+s=[socket.socket() for _ in range(3)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
 
@@ -53,7 +51,7 @@ echo "== starting the server: model $model, backend ${ECMT_BACKEND:-reference}, 
 # The step limit is raised through the environment (Ecmt__Limits__MaxSteps) so the cancel and deadline checks
 # have streams long enough to interrupt.
 ECMT_BACKEND="${ECMT_BACKEND:-reference}" Ecmt__Limits__MaxSteps=100000 Ecmt__Shutdown__DrainDelaySeconds=0 \
-  dotnet "$server" --models "$models" --address 127.0.0.1 --port "$port" --metrics-port "$metrics_port" >"$work/server.log" 2>&1 &
+  dotnet "$server" --models "$models" --address 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port" >"$work/server.log" 2>&1 &
 server_pid=$!
 
 for _ in $(seq 1 120); do
@@ -65,6 +63,24 @@ done
 echo "== python client checks"
 "$python" examples/python/smoke_test.py --address "127.0.0.1:$port" --model "$model" \
   --metrics "http://127.0.0.1:$metrics_port/metrics" "${images[@]}" || fail "python client checks failed"
+
+echo "== Open Inference Protocol checks (gRPC and REST)"
+"$python" examples/python/oip_smoke_test.py --address "127.0.0.1:$port" --http "http://127.0.0.1:$http_port" --model "$model" \
+  --metrics "http://127.0.0.1:$metrics_port/metrics" "${images[@]}" || fail "Open Inference Protocol checks failed"
+
+if command -v curl >/dev/null 2>&1; then
+  echo "== curl: the per-step stream"
+  printf '{"parameters": {"max_steps": 5}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%s"]}]}' \
+    "$(base64 -w0 "${images[0]:-/dev/null}")" >"$work/request.json"
+  curl -sS -N --fail-with-body "http://127.0.0.1:$http_port/v2/models/$model/infer_stream" -d @"$work/request.json" >"$work/stream.ndjson" \
+    || fail "curl stream failed: $(cat "$work/stream.ndjson")"
+  lines=$(grep -c '"outputs"' "$work/stream.ndjson")
+  (( lines == 5 )) || fail "curl stream: $lines lines for 5 steps"
+  tail -1 "$work/stream.ndjson" | grep -q '"triton_final_response":true' || fail "curl stream: the last line is not final"
+  status=$(curl -sS -o "$work/error.json" -w '%{http_code}' "http://127.0.0.1:$http_port/v2/models/no-such-model/infer" -d @"$work/request.json")
+  [[ "$status" == 404 ]] && grep -q '"error"' "$work/error.json" || fail "curl: unknown model answered $status $(cat "$work/error.json")"
+  echo "curl: 5 lines, the last final; unknown model 404 {\"error\": ...}"
+fi
 
 echo "== graceful shutdown (SIGTERM)"
 kill -TERM "$server_pid"
