@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian 12 / Ubuntu machine that has the .NET 10 SDK: installs the system packages
 # Ecmt needs (only those missing) and restores NuGet packages. Safe to run again; the other scripts call it.
+#   scripts/setup.sh               # what building, serving and the demo need
+#   scripts/setup.sh --browser     # and Debian's chromium, for the live page's browser test (scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,13 @@ fi
 # libopenblas0-pthread: the BLAS of the CPU backends
 # python3-grpcio, python3-protobuf, protobuf-compiler, protobuf-compiler-grpc: the Python example client and its CI check
 packages=(dataset-fashion-mnist libopenblas0-pthread python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc)
+# chromium: the headless browser the page test drives with Playwright (about 3 minutes to install on 2 cores)
+for arg in "$@"; do
+  case "$arg" in
+    --browser) packages+=(chromium) ;;
+    *) echo "usage: scripts/setup.sh [--browser]" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

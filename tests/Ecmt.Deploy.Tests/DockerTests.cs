@@ -123,7 +123,7 @@ public sealed partial class DockerTests
         var options = ServerSettings.Effective(image.Env);
         Assert.Empty(ServerSettings.ValidationErrors(options));
         var exposed = image.All("EXPOSE").SelectMany(e => Dockerfile.Words(e.Arguments)).Select(p => int.Parse(p.Split('/')[0], CultureInfo.InvariantCulture)).Order();
-        Assert.Equal(new[] { options.Port, options.MetricsPort }.Order(), exposed);
+        Assert.Equal(new[] { options.Port, options.HttpPort, options.MetricsPort }.Order(), exposed);
 
         var check = Dockerfile.ExecForm(image.All("HEALTHCHECK").Single().Arguments);
         var script = Assert.Single(image.Copies, c => c.Destination == check[0]);
@@ -257,7 +257,7 @@ public sealed partial class DockerTests
             ServerSettings.Backend(options, ServerSettings.Merge(image.Env, environment));
 
             var containerPorts = service["ports"].Items.Select(p => int.Parse(p.String.Split(':')[^1], CultureInfo.InvariantCulture)).Order();
-            Assert.Equal(new[] { options.Port, options.MetricsPort }.Order(), containerPorts);
+            Assert.Equal(new[] { options.Port, options.HttpPort, options.MetricsPort }.Order(), containerPorts);
             var grace = service["stop_grace_period"].String;
             Assert.EndsWith("s", grace, StringComparison.Ordinal);
             Assert.True(int.Parse(grace[..^1], CultureInfo.InvariantCulture) >= options.Shutdown.DrainDelaySeconds + options.Shutdown.TimeoutSeconds + 5,

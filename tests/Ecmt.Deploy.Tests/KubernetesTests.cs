@@ -47,6 +47,8 @@ public sealed partial class KubernetesTests
         var w = Get(name);
         var o = w.Options;
         Assert.Equal(o.Port, w.Ports["grpc"]);
+        Assert.True(o.HttpPort > 0, "REST and the page have their own port");
+        Assert.Equal(o.HttpPort, w.Ports["http"]);
         Assert.True(o.MetricsPort > 0, "the manifests scrape /metrics on its own port");
         Assert.Equal(o.MetricsPort, w.Ports["metrics"]);
         Assert.Equal(o.MetricsPort.ToString(CultureInfo.InvariantCulture), w.Deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].Text);
@@ -110,6 +112,11 @@ public sealed partial class KubernetesTests
                     {
                         Assert.Equal(w.Options.Port, containerPort);
                         Assert.Equal("kubernetes.io/h2c", port["appProtocol"].Text);
+                    }
+                    if (port["name"].Text == "http")
+                    {
+                        Assert.Equal(w.Options.HttpPort, containerPort);
+                        Assert.Equal("http", port["appProtocol"].Text);
                     }
                     // A headless Service does no port translation: clients dial the pod IP on the Service's port.
                     if (service["spec"]["clusterIP"].Text == "None") Assert.Equal(containerPort, port["port"].Int);
@@ -232,19 +239,49 @@ public sealed partial class KubernetesTests
             Assert.Equal(grpcPort["port"].Int, backend["port"].Int);
         }
 
-        var ingress = Assert.Single(Manifests.OfKind("Ingress"));
-        Assert.Equal("GRPC", ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"].Text);
+        var ingress = Assert.Single(Manifests.OfKind("Ingress"), i => i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"].Text == "GRPC");
         var bodyLimit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"].String;
         Assert.EndsWith("m", bodyLimit, StringComparison.Ordinal);
         Assert.All(Manifests.Workloads, w => Assert.True(long.Parse(bodyLimit[..^1], CultureInfo.InvariantCulture) * 1024 * 1024 > w.Options.Limits.MaxMessageBytes,
             "the proxy would refuse messages the server accepts"));
         var paths = ingress["spec"]["rules"].Items.SelectMany(r => r["http"]["paths"].Items).ToList();
-        Assert.Contains(paths, p => p["path"].Text == $"/{HealthNames.Classifier}/");
+        // Every service of the contract that clients call (reflection stays internal) has its path.
+        foreach (var name in contract.Where(c => !c.StartsWith("grpc.reflection", StringComparison.Ordinal)))
+            Assert.Contains(paths, p => p["path"].Text == $"/{name}/");
         foreach (var path in paths)
         {
             Assert.Equal("ecmt", path["backend"]["service"]["name"].Text);
             Assert.Equal("grpc", path["backend"]["service"]["port"]["name"].Text);
         }
+        // The same holds for the GRPCRoute: every service of the contract is routed.
+        var routed = route["spec"]["rules"].Items.SelectMany(r => r["matches"].Items).Select(m => m["method"]["service"].String).ToList();
+        Assert.All(contract, c => Assert.Contains(c, routed));
+    }
+
+    [Fact]
+    public void Proxies_route_rest_and_the_page_to_the_http_port_on_a_host_name_of_their_own()
+    {
+        var service = Manifests.Named("Service", "ecmt");
+        var httpPort = Assert.Single(service["spec"]["ports"].Items, p => p["name"].Text == "http");
+        var gateway = Assert.Single(Manifests.OfKind("Gateway"));
+        var route = Assert.Single(Manifests.OfKind("HTTPRoute"));
+        var parent = Assert.Single(route["spec"]["parentRefs"].Items);
+        Assert.Equal(gateway["metadata"]["name"].Text, parent["name"].Text);
+        var listeners = gateway["spec"]["listeners"].Items.ToDictionary(l => l["name"].String, l => l["hostname"].String);
+        var grpcRoute = Assert.Single(Manifests.OfKind("GRPCRoute"));
+        string grpcListener = Assert.Single(grpcRoute["spec"]["parentRefs"].Items)["sectionName"].String;
+        // A GRPCRoute and an HTTPRoute may not share a listener's host name.
+        Assert.NotEqual(listeners[grpcListener], listeners[parent["sectionName"].String]);
+        Assert.Equal([listeners[parent["sectionName"].String]], route["spec"]["hostnames"].Items.Select(h => h.String));
+        var backend = Assert.Single(Assert.Single(route["spec"]["rules"].Items)["backendRefs"].Items);
+        Assert.Equal(("ecmt", httpPort["port"].Int), (backend["name"].String, backend["port"].Int));
+
+        var ingress = Assert.Single(Manifests.OfKind("Ingress"), i => i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"].Text == "HTTP");
+        // The per-step stream must reach the client line by line.
+        Assert.Equal("off", ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"].Text);
+        var path = Assert.Single(ingress["spec"]["rules"].Items.SelectMany(r => r["http"]["paths"].Items));
+        Assert.Equal("/", path["path"].Text);
+        Assert.Equal(("ecmt", "http"), (path["backend"]["service"]["name"].String, path["backend"]["service"]["port"]["name"].String));
     }
 
     /// <summary>Fully qualified service names of the contract: "package.Service" from protos/.</summary>

@@ -42,8 +42,9 @@ public sealed partial class ManifestTests
         Assert.Equal(2, Manifests.OfKind("HorizontalPodAutoscaler").Count());
         Assert.Equal(2, Manifests.OfKind("PodDisruptionBudget").Count());
         Assert.Single(Manifests.OfKind("GRPCRoute"));
+        Assert.Single(Manifests.OfKind("HTTPRoute"));
         Assert.Single(Manifests.OfKind("Gateway"));
-        Assert.Single(Manifests.OfKind("Ingress"));
+        Assert.Equal(2, Manifests.OfKind("Ingress").Count());
         foreach (var hpa in Manifests.OfKind("HorizontalPodAutoscaler"))
             Assert.Equal("autoscaling/v2", hpa["apiVersion"].Text);
         foreach (var pdb in Manifests.OfKind("PodDisruptionBudget"))

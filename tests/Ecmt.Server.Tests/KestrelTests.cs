@@ -123,6 +123,7 @@ public sealed class KestrelTests
         Assert.Equal(4, options.DefaultSteps);
         Assert.Equal("/c.pem", options.Tls.CertificateFile);
         Assert.Equal(9464, options.MetricsPort);
+        Assert.Equal(8080, options.HttpPort);
         Assert.Equal(16, options.Limits.MaxConcurrentStreams);
     }
 
@@ -138,5 +139,8 @@ public sealed class KestrelTests
 
         var backend = await Assert.ThrowsAnyAsync<Exception>(async () => await ServerHost.InProcessAsync(("Ecmt:Backend", "tpu")));
         Assert.Contains("unknown backend 'tpu'", backend.Message, StringComparison.Ordinal);
+
+        var ports = await Assert.ThrowsAsync<OptionsValidationException>(async () => await ServerHost.InProcessAsync(("Ecmt:HttpPort", "9464"), ("Ecmt:MetricsPort", "9464")));
+        Assert.Contains("must differ", ports.Message, StringComparison.Ordinal);
     }
 }
