@@ -108,6 +108,16 @@ def main():
     image = images[0]
     meta = {}
 
+    def cancelled_runs():
+        return metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") if args.metrics else 0
+
+    def wait_for_cancelled_run(before):
+        """The server's own count of cancelled runs passes `before` (when its metrics are given)."""
+        deadline = time.time() + 20
+        while args.metrics and cancelled_runs() < before + 1:
+            expect(time.time() < deadline, "no cancelled run in the server's metrics")
+            time.sleep(0.1)
+
     @check("gRPC: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata")
     def _():
         expect(stub.ServerLive(pb.ServerLiveRequest()).live, "not live")
@@ -176,17 +186,13 @@ def main():
 
     @check("gRPC ModelStreamInfer: cancelling stops the server (its metrics count a cancelled run)")
     def _():
-        before = metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") if args.metrics else 0
+        before = cancelled_runs()
         call = stub.ModelStreamInfer(iter([infer_request(args.model, image=image, max_steps=100000)]))
         for n, _ in enumerate(call, 1):
             if n == 2:
                 call.cancel()
                 break
-        if args.metrics:
-            deadline = time.time() + 20
-            while metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") < before + 1:
-                expect(time.time() < deadline, "no cancelled run in the server's metrics")
-                time.sleep(0.1)
+        wait_for_cancelled_run(before)
 
     @check("gRPC errors: the statuses ecmt.v1 gives the same mistakes")
     def _():
@@ -245,7 +251,7 @@ def main():
 
     @check("REST stream: closing the connection stops the server (its metrics count a cancelled run)")
     def _():
-        before = metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") if args.metrics else 0
+        before = cancelled_runs()
         url = urllib.parse.urlsplit(base)
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
         body = {"parameters": {"max_steps": 100000}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}]}
@@ -255,11 +261,7 @@ def main():
         expect(rest_output(first, "step") == [1], f"{first}")
         connection.sock.close()
         connection.close()
-        if args.metrics:
-            deadline = time.time() + 20
-            while metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") < before + 1:
-                expect(time.time() < deadline, "no cancelled run in the server's metrics")
-                time.sleep(0.1)
+        wait_for_cancelled_run(before)
 
     @check("REST errors: {\"error\": ...} with the HTTP status of ecmt.v1's class")
     def _():

@@ -159,7 +159,9 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
     static RpcException NotReady(ModelNotReadyException e) =>
         Fail(e.State == ModelState.Failed ? StatusCode.FailedPrecondition : StatusCode.Unavailable, e.Message);
 
-    public static RpcException Fail(StatusCode code, string message) => new(new Status(code, message));
+    /// <param name="trailers">E.g. grpc-retry-pushback-ms on an admission refusal: REST turns it into Retry-After.</param>
+    public static RpcException Fail(StatusCode code, string message, Metadata? trailers = null) =>
+        trailers is null ? new(new Status(code, message)) : new(new Status(code, message), trailers);
 }
 
 /// <summary>Admits at most a fixed number of classifications at once (every protocol); refuses rather than queues, so clients back off.</summary>

@@ -33,7 +33,7 @@ public sealed class ServerLifecycle : IDisposable
     public bool Stopping { get; private set; }
     public event Action? Changed;
 
-    /// <summary>Cancelled when health Watch streams must end, so they do not hold up the drain of Classify streams.</summary>
+    /// <summary>Cancelled when health Watch streams must end, so they do not hold up the drain of classification streams.</summary>
     public CancellationToken WatchesEnd => _watchesEnd.Token;
 
     public void BeginStopping()
@@ -97,7 +97,7 @@ sealed class HealthSetup(ModelHost host, ServerLifecycle lifecycle) : IConfigure
 /// <summary>
 /// Pushes health to Watch streams the moment readiness changes (a model loads, shutdown begins) instead of waiting
 /// for the periodic publisher; and at shutdown turns health NOT_SERVING, waits the drain delay, then ends the
-/// Watch streams so Kestrel's drain waits only for Classify streams.
+/// Watch streams so Kestrel's drain waits only for classification streams.
 /// </summary>
 sealed class HealthStatusPublisher(
     ModelHost host, ServerLifecycle lifecycle, HealthCheckService checks, IEnumerable<IHealthCheckPublisher> publishers,

@@ -15,7 +15,7 @@ public sealed class ServerMetrics
     public ServerMetrics(IMeterFactory factory)
     {
         var meter = factory.Create(MeterName);
-        _activeStreams = meter.CreateUpDownCounter<long>("ecmt.classify.active_streams", "{stream}", "Classify streams admitted and not yet finished");
+        _activeStreams = meter.CreateUpDownCounter<long>("ecmt.classify.active_streams", "{stream}", "Classifications admitted and not yet finished, over every protocol (Classify streams, ModelInfer, ModelStreamInfer requests, REST)");
         _errors = meter.CreateCounter<long>("ecmt.rpc.errors", "{call}", "gRPC calls that ended with a status other than OK, by method and status code");
     }
 

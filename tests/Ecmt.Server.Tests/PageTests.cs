@@ -37,6 +37,9 @@ public sealed class PageTests
             Args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
         });
         var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 900 } });
+        // Steps of the shipped model on the reference backend, on 2 cores shared with the other tests: be patient.
+        page.SetDefaultTimeout(60_000);
+        SetDefaultExpectTimeout(60_000);
         var consoleErrors = new List<string>();
         page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add(m.Text); };
         page.PageError += (_, e) => consoleErrors.Add(e);
@@ -55,7 +58,7 @@ public sealed class PageTests
         var first = model.NextRun();
         await page.Locator("#classify").ClickAsync();
         await page.WaitForFunctionAsync($"() => ({received})() >= 2 && document.getElementById('state').dataset.state === 'running'");
-        await Expect(state).ToHaveAttributeAsync("data-state", "done", new() { Timeout = 60_000 });
+        await Expect(state).ToHaveAttributeAsync("data-state", "done");
         Assert.Equal(12, await page.EvaluateAsync<int>(received));
         Assert.Equal(12, (await first).StepsRun);
         var arrivals = await page.EvaluateAsync<double[]>("() => window.ecmtState.run.steps.map(s => s.arrived)");
@@ -78,7 +81,7 @@ public sealed class PageTests
         await page.Locator("#max-steps").FillAsync("64");
         var confident = model.NextRun();
         await page.Locator("#classify").ClickAsync();
-        await Expect(state).ToHaveAttributeAsync("data-state", "done", new() { Timeout = 60_000 });
+        await Expect(state).ToHaveAttributeAsync("data-state", "done");
         var summary = await confident;
         Assert.Equal(StopReason.Confident, summary.StopReason);
         Assert.True(summary.StepsRun < 64);
