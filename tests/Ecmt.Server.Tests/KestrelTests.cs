@@ -76,13 +76,24 @@ public sealed class KestrelTests
             await File.WriteAllTextAsync(certFile, certificate.ExportCertificatePem());
             await File.WriteAllTextAsync(keyFile, key.ExportPkcs8PrivateKeyPem());
 
-            await using var host = await ServerHost.KestrelAsync(("Ecmt:Tls:CertificateFile", certFile), ("Ecmt:Tls:KeyFile", keyFile));
+            await using var host = await ServerHost.KestrelWithHttpAsync(null, ("Ecmt:Tls:CertificateFile", certFile), ("Ecmt:Tls:KeyFile", keyFile));
             Assert.Equal("https", host.Address.Scheme);
             var handler = new SocketsHttpHandler();
             handler.SslOptions.RemoteCertificateValidationCallback = (_, cert, _, _) => cert?.GetCertHashString() == certificate.GetCertHashString();
             using var channel = GrpcChannel.ForAddress(host.Address, new GrpcChannelOptions { HttpHandler = handler });
             var models = await new Classifier.ClassifierClient(channel).ListModelsAsync(new ListModelsRequest());
             Assert.Contains(models.Models, m => m.Name == TestModels.Tiny);
+
+            // The HTTP port (REST, the page) uses the same certificate: HTTPS with HTTP/1.1 and HTTP/2.
+            var httpsHandler = new SocketsHttpHandler();
+            httpsHandler.SslOptions.RemoteCertificateValidationCallback = handler.SslOptions.RemoteCertificateValidationCallback;
+            using var http = new HttpClient(httpsHandler) { BaseAddress = new Uri($"https://127.0.0.1:{host.HttpAddress!.Port}/") };
+            foreach (var version in new[] { HttpVersion.Version11, HttpVersion.Version20 })
+            {
+                using var probe = new HttpRequestMessage(HttpMethod.Get, "/v2/health/live") { Version = version, VersionPolicy = HttpVersionPolicy.RequestVersionExact };
+                using var answer = await http.SendAsync(probe);
+                Assert.Equal((HttpStatusCode.OK, version), (answer.StatusCode, answer.Version));
+            }
         }
         finally
         {
