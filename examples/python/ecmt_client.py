@@ -6,8 +6,8 @@ Streams a spiking ViT's prediction after every time step, lets the server stop e
 (--cancel-after). Uses Debian's python3-grpcio: run it with /usr/bin/python3.
 
   ./ecmt_client.py list --address localhost:50051
-  ./ecmt_client.py classify samples/*.png --steps 16 --min-confidence 0.9
-  ./ecmt_client.py classify samples/*.png --steps 64 --client-stop 0.95 --json
+  ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 16 --min-confidence 0.9
+  ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 64 --client-stop 0.95 --json
   ./ecmt_client.py health --service ecmt.v1.Classifier/fmnist-vit
 """
 import argparse

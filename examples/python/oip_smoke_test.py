@@ -5,7 +5,7 @@ REST (health, metadata, infer, the one-JSON-line-per-step stream, the OpenAPI de
 the protocol's error shape. Prints one line per check and 'N passed, M failed'; exits non-zero when any check fails.
 
   ./oip_smoke_test.py --address 127.0.0.1:50051 --http http://127.0.0.1:8080 --model fmnist-vit \\
-      --metrics http://127.0.0.1:9464/metrics samples/*.png
+      --metrics http://127.0.0.1:9464/metrics src/Server/Page/samples/*.png
 """
 import argparse
 import base64

@@ -3,7 +3,7 @@
 client-side early stops, cancellation (seen in the server's own metrics), deadlines and bad-input statuses.
 Prints one line per check and 'N passed, M failed'; exits non-zero when any check fails.
 
-  ./smoke_test.py --address 127.0.0.1:50051 --model fmnist-vit --metrics http://127.0.0.1:9464/metrics samples/*.png
+  ./smoke_test.py --address 127.0.0.1:50051 --model fmnist-vit --metrics http://127.0.0.1:9464/metrics src/Server/Page/samples/*.png
 """
 import argparse
 import json
