@@ -15,16 +15,20 @@ sealed class ConversionOptions
     public readonly Option<double?> Quantile = new("--quantile") { Description = "Calibration quantile p (λp = p-quantile, λn = −(1−p)-quantile)" };
     public readonly Option<string[]> Levels = new("--levels") { Description = "Levels n per place, e.g. --levels fc2=6 s=8 (default 8)", AllowMultipleArgumentsPerToken = true };
     public readonly Option<string[]> Fixed = new("--fixed") { Description = "Fixed thresholds per place as place=pos:neg, e.g. --fixed s=0.0125:0.0125", AllowMultipleArgumentsPerToken = true };
+    public readonly Option<string[]> Quantiles = new("--quantiles") { Description = "Calibration quantile per place where it differs from --quantile, e.g. --quantiles fc2=0.999", AllowMultipleArgumentsPerToken = true };
+    public readonly Option<string[]> QuantileLevels = new("--quantile-levels") { Description = "Level j whose value the calibrated quantile is, per place (λ = q / 2^j; default 0), e.g. --quantile-levels fc1=2", AllowMultipleArgumentsPerToken = true };
+    public readonly Option<string?> Rounding = new("--rounding") { Description = "Firing offsets of the MT neurons: half-base (the paper's: level k fires from λ·2^k − λ/2) or nearest (the nearest level)" };
     public readonly Option<int?> CalibrationImages = new("--calibration-images") { Description = "How many held-out training images calibrate (default all 2,500 of the calibration half)" };
 
-    public IEnumerable<Option> All => [Model, Preset, Thresholds, Quantile, Levels, Fixed, CalibrationImages];
+    public IEnumerable<Option> All => [Model, Preset, Thresholds, Quantile, Levels, Fixed, Quantiles, QuantileLevels, Rounding, CalibrationImages];
 
     public string ModelPath(ParseResult parse) => parse.GetValue(Model) ?? ModelDirectory.DefaultModelPath();
 
     /// <summary>True when the command line asks for conversion settings other than the ones stored with the model.</summary>
     public bool Overrides(ParseResult parse) =>
         parse.GetValue(Preset) is not null || parse.GetValue(Thresholds) is not null || parse.GetValue(Quantile) is not null
-        || parse.GetValue(Levels) is { Length: > 0 } || parse.GetValue(Fixed) is { Length: > 0 } || parse.GetValue(CalibrationImages) is not null;
+        || parse.GetValue(Levels) is { Length: > 0 } || parse.GetValue(Fixed) is { Length: > 0 } || parse.GetValue(CalibrationImages) is not null
+        || parse.GetValue(Quantiles) is { Length: > 0 } || parse.GetValue(QuantileLevels) is { Length: > 0 } || parse.GetValue(Rounding) is not null;
 
     public ConversionSettings Settings(ParseResult parse, ConversionSettings? stored = null)
     {
@@ -55,7 +59,26 @@ sealed class ConversionOptions
             float neg = sides.Length > 1 ? float.Parse(sides[1], CultureInfo.InvariantCulture) : pos;
             fixedPairs[place.Key()] = new ThresholdPair(pos, neg);
         }
-        settings = settings with { Levels = levels, Fixed = fixedPairs };
+        var quantiles = new Dictionary<string, double>(settings.Quantiles);
+        foreach (var item in parse.GetValue(Quantiles) ?? [])
+        {
+            var (place, value) = SplitItem(item, "--quantiles");
+            quantiles[place.Key()] = double.Parse(value, CultureInfo.InvariantCulture);
+        }
+        var quantileLevels = new Dictionary<string, int>(settings.QuantileLevels);
+        foreach (var item in parse.GetValue(QuantileLevels) ?? [])
+        {
+            var (place, value) = SplitItem(item, "--quantile-levels");
+            quantileLevels[place.Key()] = int.Parse(value, CultureInfo.InvariantCulture);
+        }
+        var rounding = parse.GetValue(Rounding) switch
+        {
+            null => settings.Rounding,
+            "half-base" => Engine.Conversion.Rounding.HalfBase,
+            "nearest" => Engine.Conversion.Rounding.Nearest,
+            var other => throw new ArgumentException($"--rounding must be half-base or nearest, not '{other}'"),
+        };
+        settings = settings with { Levels = levels, Fixed = fixedPairs, Quantiles = quantiles, QuantileLevels = quantileLevels, Rounding = rounding };
         settings.Validate();
         return settings;
     }

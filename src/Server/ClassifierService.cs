@@ -64,7 +64,9 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
                     StepMs = step.StepMilliseconds,
                     ElapsedMs = Stopwatch.GetElapsedTime(received).TotalMilliseconds,
                     StopReason = ReasonOf(step.StopReason),
+                    Margin = step.Margin,
                 };
+                if (step.Gate is float gate) update.Gate = gate;
                 foreach (var score in step.Top(topK))
                     update.Top.Add(new Protos.V1.ClassScore { Index = (uint)score.Index, Name = score.Name, Probability = score.Probability });
                 await responseStream.WriteAsync(update, context.CancellationToken);
@@ -75,6 +77,10 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
         catch (ModelNotReadyException e)
         {
             throw NotReady(e);
+        }
+        catch (StopPolicyUnavailableException e)
+        {
+            throw Fail(StatusCode.FailedPrecondition, e.Message);
         }
         catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
         {
@@ -112,15 +118,10 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
             ?? throw Fail(StatusCode.NotFound, $"model '{name}' is not hosted here; hosted: {string.Join(", ", host.Models.Select(m => m.Name))}");
     }
 
-    static Engine.Serving.StopPolicy StopPolicyOf(ClassifyRequest request)
+    /// <summary>The request's stop policy (absent: none), with an out-of-range value refused as INVALID_ARGUMENT.</summary>
+    static Protos.StopPolicy StopPolicyOf(ClassifyRequest request)
     {
-        if (request.Stop is null) return Engine.Serving.StopPolicy.None;
-        var policy = request.Stop.RuleCase switch
-        {
-            Protos.V1.StopPolicy.RuleOneofCase.MinConfidence => new Engine.Serving.StopPolicy(MinConfidence: request.Stop.MinConfidence),
-            Protos.V1.StopPolicy.RuleOneofCase.StableSteps => new Engine.Serving.StopPolicy(StableSteps: (int)Math.Min(request.Stop.StableSteps, int.MaxValue)),
-            _ => throw Fail(StatusCode.InvalidArgument, "stop is set but has no rule: set min_confidence or stable_steps, or leave stop unset"),
-        };
+        var policy = Protos.StopPolicy.FromProto(request.Stop);
         try
         {
             policy.Validate();
@@ -157,6 +158,20 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
             info.Thresholds = s.Granularity == Engine.Conversion.ThresholdGranularity.PerTensor ? "per-tensor" : "per-channel";
             foreach (var place in Engine.Conversion.Places.All) info.Levels[Engine.Conversion.Places.Key(place)] = (uint)s.LevelsAt(place);
         }
+        if (model.Confidence is { } confidence)
+        {
+            info.TemperaturesCalibrated = confidence.IsCalibrated;
+            info.Gate = confidence.Gate is not null;
+        }
+        if (model.RecommendedStop is { } recommended)
+        {
+            info.RecommendedStop = recommended.ToProto();
+            if (model.RecommendedStopValidation is { } v)
+                info.RecommendedStopStats = new RecommendedStopStats
+                {
+                    Images = (uint)v.Images, AnnTop1 = v.AnnTop1, Top1 = v.Top1, MeanSteps = v.MeanSteps, MaxSteps = (uint)v.MaxSteps,
+                };
+        }
         return info;
     }
 
@@ -165,6 +180,7 @@ sealed class ClassifierService(ModelHost host, StreamLimiter limiter, ServerLife
         Engine.Serving.StopReason.MaxSteps => ProtoStopReason.MaxSteps,
         Engine.Serving.StopReason.Confident => ProtoStopReason.Confident,
         Engine.Serving.StopReason.Stable => ProtoStopReason.Stable,
+        Engine.Serving.StopReason.Policy => ProtoStopReason.Policy,
         _ => ProtoStopReason.Unspecified,
     };
 
