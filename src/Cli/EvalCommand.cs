@@ -91,6 +91,15 @@ static class EvalCommand
             var (oracleTop1, oracleSteps, oracleEnergy) = result.Oracle();
             json["oracle"] = new JsonObject { ["top1"] = Math.Round(oracleTop1, 4), ["mean_steps"] = Math.Round(oracleSteps, 3), ["energy_ratio"] = Math.Round(oracleEnergy, 4) };
             var signals = result.Signals(confidence);
+            var uncalibratedSignals = result.Signals(ConfidenceCalibration.Uncalibrated);
+            var reliability = new JsonObject();
+            foreach (int step in new[] { 1, 2, 4, 8 }.Where(s => s <= t))
+                reliability[step.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
+                {
+                    ["uncalibrated"] = Bins(ConfidenceFit.Reliability(result, uncalibratedSignals, step)),
+                    ["calibrated"] = Bins(ConfidenceFit.Reliability(result, signals, step)),
+                };
+            json["reliability"] = reliability;
             if (converted.Record.RecommendedStop is { } recommended)
                 json["recommended"] = Outcome(result.EarlyExit(recommended, signals));
             var policies = Policies(parse.GetValue(stopAt), parse.GetValue(stable), parse.GetValue(minSteps), parse.GetValue(margin), parse.GetValue(gate)).ToList();
@@ -137,6 +146,12 @@ static class EvalCommand
                             yield return policy;
                         }
     }
+
+    static JsonArray Bins(IEnumerable<ConfidenceFit.ReliabilityBin> bins) => new(bins.Select(b => (JsonNode)new JsonObject
+    {
+        ["lower"] = Math.Round(b.Lower, 4), ["upper"] = Math.Round(b.Upper, 4), ["count"] = b.Count,
+        ["confidence"] = Math.Round(b.Confidence, 4), ["accuracy"] = Math.Round(b.Accuracy, 4),
+    }).ToArray());
 
     public static JsonObject Outcome(PolicyOutcome o) => new()
     {

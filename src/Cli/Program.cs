@@ -8,6 +8,7 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
     ConvertCommand.Create(),
     EvalCommand.Create(),
     AblateCommand.Create(),
+    PlotCommand.Create(),
     BenchCommand.Create(),
     SamplesCommand.Create(),
     SamplesCommand.CreateSynthetic(),

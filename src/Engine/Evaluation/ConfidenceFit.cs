@@ -108,6 +108,27 @@ public static class ConfidenceFit
         return ece;
     }
 
+    /// <summary>One bin of a reliability diagram: how many top-1s fell in it, their mean confidence and their accuracy.</summary>
+    public sealed record ReliabilityBin(double Lower, double Upper, int Count, double Confidence, double Accuracy);
+
+    /// <summary>The 15 bins of the top-1 confidence at step t (1-based), with the given calibration.</summary>
+    public static ReliabilityBin[] Reliability(EvaluationResult result, StopSignal[,] signals, int t, int bins = EceBins)
+    {
+        var count = new int[bins];
+        var hits = new double[bins];
+        var sum = new double[bins];
+        for (int i = 0; i < result.Images; i++)
+        {
+            var s = signals[i, t - 1];
+            int b = Math.Clamp((int)Math.Ceiling(s.Confidence * bins) - 1, 0, bins - 1);
+            count[b]++;
+            sum[b] += s.Confidence;
+            if (s.Prediction == result.Labels[i]) hits[b]++;
+        }
+        return Enumerable.Range(0, bins).Select(b => new ReliabilityBin((double)b / bins, (b + 1.0) / bins, count[b],
+            count[b] == 0 ? 0 : sum[b] / count[b], count[b] == 0 ? 0 : hits[b] / count[b])).ToArray();
+    }
+
     /// <summary>Σ over bins (|bin| / n) · |accuracy − mean confidence|, bins (k/15, (k+1)/15].</summary>
     public static double Ece(ReadOnlySpan<float> confidence, ReadOnlySpan<bool> correct, int bins = EceBins)
     {
