@@ -26,11 +26,12 @@ static class EvalCommand
         var minSteps = new Option<int[]>("--min-steps") { Description = "Early-exit study: min_steps values (0: no such rule)", AllowMultipleArgumentsPerToken = true };
         var margin = new Option<double[]>("--margin") { Description = "Early-exit study: min_margin values (top-1 minus top-2 calibrated probability)", AllowMultipleArgumentsPerToken = true };
         var gate = new Option<double[]>("--gate") { Description = "Early-exit study: min_gate values (the model's gate)", AllowMultipleArgumentsPerToken = true };
+        var policy = new Option<string[]>("--policy") { Description = "Early-exit study: one policy each, rules joined by commas, e.g. --policy min_confidence=0.9,stable_steps=1 min_gate=0.95", AllowMultipleArgumentsPerToken = true };
         var dump = new Option<string?>("--dump") { Description = "Also write every image's accumulated logits after every step, the ANN's logits, labels and SOPs to this safetensors file (offline analysis)" };
         var workers = new Option<int?>("--workers") { Description = "Batches simulated in parallel (default: one per core on the reference backend, else 1)" };
         var command = new Command("eval", "Evaluate the ANN and its spiking conversion on the Fashion-MNIST test set; prints one JSON object.")
         {
-            limit, split, steps, batch, backend, stopAt, stable, minSteps, margin, gate, workers, dump,
+            limit, split, steps, batch, backend, stopAt, stable, minSteps, margin, gate, policy, workers, dump,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
@@ -102,7 +103,8 @@ static class EvalCommand
             json["reliability"] = reliability;
             if (converted.Record.RecommendedStop is { } recommended)
                 json["recommended"] = Outcome(result.EarlyExit(recommended, signals));
-            var policies = Policies(parse.GetValue(stopAt), parse.GetValue(stable), parse.GetValue(minSteps), parse.GetValue(margin), parse.GetValue(gate)).ToList();
+            var policies = Policies(parse.GetValue(stopAt), parse.GetValue(stable), parse.GetValue(minSteps), parse.GetValue(margin), parse.GetValue(gate))
+                .Concat((parse.GetValue(policy) ?? []).Select(ParsePolicy)).ToList();
             if (policies.Any(p => p.MinGate is not null) && confidence.Gate is null)
                 throw new ArgumentException("--gate: this conversion has no gate (convert with validation images to fit one)");
             if (policies.Count > 0)
@@ -152,6 +154,29 @@ static class EvalCommand
         ["lower"] = Math.Round(b.Lower, 4), ["upper"] = Math.Round(b.Upper, 4), ["count"] = b.Count,
         ["confidence"] = Math.Round(b.Confidence, 4), ["accuracy"] = Math.Round(b.Accuracy, 4),
     }).ToArray());
+
+    /// <summary>"min_confidence=0.9,stable_steps=1" → the policy with those rules (the wire's field names).</summary>
+    static StopPolicy ParsePolicy(string text)
+    {
+        var policy = new StopPolicy();
+        foreach (var item in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = item.Split('=', 2);
+            if (parts.Length != 2) throw new ArgumentException($"--policy takes rule=value pairs joined by commas, not '{item}'");
+            double value = double.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture);
+            policy = parts[0] switch
+            {
+                "min_confidence" => policy with { MinConfidence = value },
+                "stable_steps" => policy with { StableSteps = (int)value },
+                "min_steps" => policy with { MinSteps = (int)value },
+                "min_margin" => policy with { MinMargin = value },
+                "min_gate" => policy with { MinGate = value },
+                var other => throw new ArgumentException($"--policy: unknown rule '{other}' (min_confidence, stable_steps, min_steps, min_margin, min_gate)"),
+            };
+        }
+        policy.Validate();
+        return policy;
+    }
 
     public static JsonObject Outcome(PolicyOutcome o) => new()
     {
