@@ -55,10 +55,13 @@ if [[ "$stage" == all || "$stage" == ablation ]]; then
 fi
 if [[ "$stage" == all || "$stage" == test ]]; then
   # The test set with the shipped conversion (eval's defaults): T = 32 gives every T <= 32 at once; the early-exit
-  # studies come from the same run: the gate alone at thresholds g (the curve of the chart), and calibrated confidence
-  # p combined with a stable top-1 for k steps. The model's recommended policy and the oracle are always reported.
+  # studies come from the same run, two families fixed in advance: the gate alone at thresholds g, and the model's
+  # recommended policy with at least m steps (m = 2..8); and calibrated confidence p combined with a stable top-1 for k
+  # steps. The model's recommended policy and the oracle are always reported.
   gates=(0.5 0.6 0.7 0.8 0.85 0.9 0.93 0.95 0.97 0.98 0.99 0.995 0.998 0.999)
+  recommended="$(/usr/bin/python3 -c 'import json; p=json.load(open("models/fmnist-vit/conversion.json"))["recommended_stop"]; print(",".join(f"{k}={v}" for k, v in p.items()))')"
   ecmt eval --steps 32 --backend "$backend" --policy $(printf 'min_gate=%s ' "${gates[@]}") \
+    $(for m in 2 3 4 5 6 7 8; do printf '%s,min_steps=%s ' "$recommended" "$m"; done) \
     --stop-at 0.5 0.7 0.9 --stable-steps 0 1 2 > "$out/test-default.json"
   # The paper's neuron (the conversion shipped before; no temperatures), for comparison.
   ecmt eval --steps 32 --backend "$backend" --preset reference --thresholds per-channel "${paper[@]}" \

@@ -24,6 +24,10 @@ static class PlotCommand
         command.SetAction(parse =>
         {
             var json = JsonNode.Parse(File.ReadAllText(parse.GetValue(eval)!))!.AsObject();
+            // Skia here has no fontconfig: give ScottPlot a font file (Debian's fonts-dejavu-core, scripts/setup.sh).
+            if (!File.Exists(FontFile))
+                throw new FileNotFoundException($"{FontFile} is missing: apt-get install fonts-dejavu-core (scripts/setup.sh does it)", FontFile);
+            Fonts.AddFontFile(FontName, FontFile);
             string dir = parse.GetValue(output)!;
             Directory.CreateDirectory(dir);
             var written = new List<string> { EarlyExit(json, Path.Combine(dir, "early-exit.png"), parse.GetValue(maxSteps)) };
@@ -35,11 +39,20 @@ static class PlotCommand
         return command;
     }
 
+    const string FontName = "DejaVu Sans", FontFile = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+    static Plot NewPlot()
+    {
+        var plot = new Plot();
+        plot.Font.Set(FontName);
+        return plot;
+    }
+
     static double Percent(JsonNode? n) => 100 * (double)n!;
 
     static string EarlyExit(JsonObject json, string path, double right)
     {
-        var plot = new Plot();
+        var plot = NewPlot();
         double ann = Percent(json["ann_top1"]);
         var fixedT = json["snn_top1_by_step"]!.AsArray().Select(Percent).ToArray();
         var steps = Enumerable.Range(1, fixedT.Length).Select(t => (double)t).ToArray();
@@ -48,19 +61,40 @@ static class PlotCommand
         fixedLine.LineWidth = 2;
         fixedLine.MarkerSize = 6;
 
-        // The study's policies that lie on the frontier (no other is both faster and more accurate), in order of steps.
-        var policies = (json["early_exit"]?.AsArray() ?? []).Select(e => (Steps: (double)e!["mean_steps"]!, Top1: Percent(e["top1"])))
-            .OrderBy(p => p.Steps).ToList();
-        var frontier = new List<(double Steps, double Top1)>();
-        foreach (var p in policies)
-            if (frontier.Count == 0 || p.Top1 > frontier[^1].Top1) frontier.Add(p);
-        if (frontier.Count > 0)
+        // The study's policies in three groups: the gate alone at thresholds g; the recommended policy with a minimum
+        // step count; every other combination (points only).
+        var recommendedPolicy = json["recommended"]?["policy"]?.AsObject();
+        var gateOnly = new List<(double Steps, double Top1)>();
+        var withMinSteps = new List<(double Steps, double Top1)>();
+        var others = new List<(double Steps, double Top1)>();
+        foreach (var e in json["early_exit"]?.AsArray() ?? [])
         {
-            var exit = plot.Add.Scatter(frontier.Select(p => p.Steps).ToArray(), frontier.Select(p => p.Top1).ToArray());
-            exit.LegendText = "early exit: the study's best policies";
-            exit.LineWidth = 2;
-            exit.MarkerSize = 6;
+            var policy = e!["policy"]!.AsObject();
+            var point = ((double)e["mean_steps"]!, Percent(e["top1"]));
+            var keys = policy.Select(kv => kv.Key).ToHashSet();
+            if (keys.SetEquals(["min_gate"])) gateOnly.Add(point);
+            else if (recommendedPolicy is not null && keys.Contains("min_steps") && keys.Count == recommendedPolicy.Count + 1
+                && recommendedPolicy.All(kv => policy[kv.Key] is JsonNode v && JsonNode.DeepEquals(v, kv.Value))) withMinSteps.Add(point);
+            else others.Add(point);
         }
+        void Line(List<(double Steps, double Top1)> points, string label)
+        {
+            if (points.Count == 0) return;
+            points.Sort();
+            var line = plot.Add.Scatter(points.Select(p => p.Steps).ToArray(), points.Select(p => p.Top1).ToArray());
+            line.LegendText = label;
+            line.LineWidth = 2;
+            line.MarkerSize = 6;
+        }
+        Line(gateOnly, "early exit: gate ≥ g (g = 0.5 … 0.999)");
+        Line(withMinSteps, "early exit: the recommended policy and at least m steps (m = 2 … 8)");
+        if (others.Count > 0)
+        {
+            var points = plot.Add.ScatterPoints(others.Select(p => p.Steps).ToArray(), others.Select(p => p.Top1).ToArray());
+            points.LegendText = "calibrated confidence and stable-top-1 rules";
+            points.MarkerSize = 5;
+        }
+        var frontier = gateOnly.Concat(withMinSteps).Concat(others).ToList();
         if (json["recommended"] is JsonObject recommended)
         {
             var marker = plot.Add.Marker((double)recommended["mean_steps"]!, Percent(recommended["top1"]), MarkerShape.FilledDiamond, 14);
@@ -88,7 +122,7 @@ static class PlotCommand
 
     static string Reliability(JsonObject json, string kind, string path)
     {
-        var plot = new Plot();
+        var plot = NewPlot();
         var diagonal = plot.Add.Line(0, 0, 1, 1);
         diagonal.LinePattern = LinePattern.Dashed;
         diagonal.LegendText = "perfect calibration";
