@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json.Nodes;
 using Ecmt.Engine.Conversion;
-using Ecmt.Engine.Data;
 using Ecmt.Engine.Evaluation;
 using Ecmt.Engine.Simulation;
 using Ecmt.Kernels;
@@ -30,13 +29,7 @@ static class AblateCommand
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
         {
-            var images = FashionMnist.Load(parse.GetValue(split) switch
-            {
-                "validation" => Split.Validation,
-                "test" => Split.Test,
-                var other => throw new ArgumentException($"--split must be validation or test, not '{other}'"),
-            });
-            if (parse.GetValue(limit) is int n) images = images.Take(n);
+            var images = ConversionOptions.Images(parse.GetValue(split)!, parse.GetValue(limit));
             int t = parse.GetValue(steps);
             ArgumentOutOfRangeException.ThrowIfLessThan(t, 1, "--steps");
             var converted = conversion.Resolve(parse, Console.Error);

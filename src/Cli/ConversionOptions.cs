@@ -105,5 +105,17 @@ sealed class ConversionOptions
         return ConvertedModel.Convert(weights, calibration, settings);
     }
 
+    /// <summary>The images of --split (test or validation), the first --limit of them when given.</summary>
+    public static ImageSet Images(string split, int? limit)
+    {
+        var images = FashionMnist.Load(split switch
+        {
+            "test" => Split.Test,
+            "validation" => Split.Validation,
+            var other => throw new ArgumentException($"--split must be test or validation, not '{other}'"),
+        });
+        return limit is int n ? images.Take(n) : images;
+    }
+
     public static string Describe(ThresholdGranularity g) => g == ThresholdGranularity.PerTensor ? "per-tensor" : "per-channel";
 }

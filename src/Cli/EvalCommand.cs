@@ -36,13 +36,7 @@ static class EvalCommand
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
         {
-            var test = FashionMnist.Load(parse.GetValue(split) switch
-            {
-                "test" => Split.Test,
-                "validation" => Split.Validation,
-                var other => throw new ArgumentException($"--split must be test or validation, not '{other}'"),
-            });
-            if (parse.GetValue(limit) is int n) test = test.Take(n);
+            var test = ConversionOptions.Images(parse.GetValue(split)!, parse.GetValue(limit));
             int t = parse.GetValue(steps);
             ArgumentOutOfRangeException.ThrowIfNegative(t, "--steps");
             var json = new JsonObject();

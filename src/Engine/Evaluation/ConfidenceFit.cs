@@ -93,44 +93,27 @@ public static class ConfidenceFit
     public static double[] EceByStep(EvaluationResult result, ConfidenceCalibration calibration)
     {
         var signals = result.Signals(calibration);
-        var ece = new double[result.Steps];
-        var confidence = new float[result.Images];
-        var correct = new bool[result.Images];
-        for (int t = 0; t < result.Steps; t++)
-        {
-            for (int i = 0; i < result.Images; i++)
-            {
-                confidence[i] = signals[i, t].Confidence;
-                correct[i] = signals[i, t].Prediction == result.Labels[i];
-            }
-            ece[t] = Ece(confidence, correct);
-        }
-        return ece;
+        return Enumerable.Range(1, result.Steps).Select(t => Ece(Reliability(result, signals, t), result.Images)).ToArray();
     }
 
     /// <summary>One bin of a reliability diagram: how many top-1s fell in it, their mean confidence and their accuracy.</summary>
     public sealed record ReliabilityBin(double Lower, double Upper, int Count, double Confidence, double Accuracy);
 
-    /// <summary>The 15 bins of the top-1 confidence at step t (1-based), with the given calibration.</summary>
-    public static ReliabilityBin[] Reliability(EvaluationResult result, StopSignal[,] signals, int t, int bins = EceBins)
+    /// <summary>The 15 bins of the top-1 confidence at step t (1-based) of an evaluation, from its stop signals.</summary>
+    public static ReliabilityBin[] Reliability(EvaluationResult result, StopSignal[,] signals, int t)
     {
-        var count = new int[bins];
-        var hits = new double[bins];
-        var sum = new double[bins];
+        var confidence = new float[result.Images];
+        var correct = new bool[result.Images];
         for (int i = 0; i < result.Images; i++)
         {
-            var s = signals[i, t - 1];
-            int b = Math.Clamp((int)Math.Ceiling(s.Confidence * bins) - 1, 0, bins - 1);
-            count[b]++;
-            sum[b] += s.Confidence;
-            if (s.Prediction == result.Labels[i]) hits[b]++;
+            confidence[i] = signals[i, t - 1].Confidence;
+            correct[i] = signals[i, t - 1].Prediction == result.Labels[i];
         }
-        return Enumerable.Range(0, bins).Select(b => new ReliabilityBin((double)b / bins, (b + 1.0) / bins, count[b],
-            count[b] == 0 ? 0 : sum[b] / count[b], count[b] == 0 ? 0 : hits[b] / count[b])).ToArray();
+        return Reliability(confidence, correct);
     }
 
-    /// <summary>Σ over bins (|bin| / n) · |accuracy − mean confidence|, bins (k/15, (k+1)/15].</summary>
-    public static double Ece(ReadOnlySpan<float> confidence, ReadOnlySpan<bool> correct, int bins = EceBins)
+    /// <summary>Equal-width bins (k/bins, (k+1)/bins] of the confidences, with the accuracy of the answers in each.</summary>
+    public static ReliabilityBin[] Reliability(ReadOnlySpan<float> confidence, ReadOnlySpan<bool> correct, int bins = EceBins)
     {
         var count = new int[bins];
         var hits = new double[bins];
@@ -142,11 +125,15 @@ public static class ConfidenceFit
             sum[b] += confidence[i];
             if (correct[i]) hits[b]++;
         }
-        double ece = 0;
-        for (int b = 0; b < bins; b++)
-            if (count[b] > 0) ece += (double)count[b] / confidence.Length * Math.Abs(hits[b] / count[b] - sum[b] / count[b]);
-        return ece;
+        return Enumerable.Range(0, bins).Select(b => new ReliabilityBin((double)b / bins, (b + 1.0) / bins, count[b],
+            count[b] == 0 ? 0 : sum[b] / count[b], count[b] == 0 ? 0 : hits[b] / count[b])).ToArray();
     }
+
+    /// <summary>Σ over bins (|bin| / n) · |accuracy − mean confidence|, bins (k/15, (k+1)/15].</summary>
+    public static double Ece(ReadOnlySpan<float> confidence, ReadOnlySpan<bool> correct, int bins = EceBins) =>
+        Ece(Reliability(confidence, correct, bins), confidence.Length);
+
+    static double Ece(IEnumerable<ReliabilityBin> bins, int n) => bins.Sum(b => (double)b.Count / n * Math.Abs(b.Accuracy - b.Confidence));
 
     /// <summary>
     /// The gate: per group of steps, a logistic regression (Newton's method, a little L2 on standardised features)
