@@ -44,12 +44,7 @@ sealed class ConversionOptions
         var settings = preset is null && stored is not null
             ? stored with { Granularity = granularity, Quantile = quantile }
             : ConversionSettings.FromPreset(preset ?? "calibrated", granularity, quantile);
-        var levels = new Dictionary<string, int>(settings.Levels);
-        foreach (var item in parse.GetValue(Levels) ?? [])
-        {
-            var (place, value) = SplitItem(item, "--levels");
-            levels[place.Key()] = int.Parse(value, CultureInfo.InvariantCulture);
-        }
+        var levels = PerPlace(settings.Levels, parse.GetValue(Levels), "--levels", v => int.Parse(v, CultureInfo.InvariantCulture));
         var fixedPairs = new Dictionary<string, ThresholdPair>(settings.Fixed);
         foreach (var item in parse.GetValue(Fixed) ?? [])
         {
@@ -59,18 +54,8 @@ sealed class ConversionOptions
             float neg = sides.Length > 1 ? float.Parse(sides[1], CultureInfo.InvariantCulture) : pos;
             fixedPairs[place.Key()] = new ThresholdPair(pos, neg);
         }
-        var quantiles = new Dictionary<string, double>(settings.Quantiles);
-        foreach (var item in parse.GetValue(Quantiles) ?? [])
-        {
-            var (place, value) = SplitItem(item, "--quantiles");
-            quantiles[place.Key()] = double.Parse(value, CultureInfo.InvariantCulture);
-        }
-        var quantileLevels = new Dictionary<string, int>(settings.QuantileLevels);
-        foreach (var item in parse.GetValue(QuantileLevels) ?? [])
-        {
-            var (place, value) = SplitItem(item, "--quantile-levels");
-            quantileLevels[place.Key()] = int.Parse(value, CultureInfo.InvariantCulture);
-        }
+        var quantiles = PerPlace(settings.Quantiles, parse.GetValue(Quantiles), "--quantiles", v => double.Parse(v, CultureInfo.InvariantCulture));
+        var quantileLevels = PerPlace(settings.QuantileLevels, parse.GetValue(QuantileLevels), "--quantile-levels", v => int.Parse(v, CultureInfo.InvariantCulture));
         var rounding = parse.GetValue(Rounding) switch
         {
             null => settings.Rounding,
@@ -81,6 +66,18 @@ sealed class ConversionOptions
         settings = settings with { Levels = levels, Fixed = fixedPairs, Quantiles = quantiles, QuantileLevels = quantileLevels, Rounding = rounding };
         settings.Validate();
         return settings;
+    }
+
+    /// <summary>The stored values per place, with the command line's place=value items over them.</summary>
+    static Dictionary<string, T> PerPlace<T>(IReadOnlyDictionary<string, T> stored, string[]? items, string option, Func<string, T> parseValue)
+    {
+        var result = new Dictionary<string, T>(stored);
+        foreach (var item in items ?? [])
+        {
+            var (place, value) = SplitItem(item, option);
+            result[place.Key()] = parseValue(value);
+        }
+        return result;
     }
 
     static (Place Place, string Value) SplitItem(string item, string option)
