@@ -14,7 +14,8 @@ fi
 # dataset-fashion-mnist: training and evaluation data (/usr/share/datasets/fashion-mnist)
 # libopenblas0-pthread: the BLAS of the CPU backends
 # python3-grpcio, python3-protobuf, protobuf-compiler, protobuf-compiler-grpc: the Python example client and its CI check
-packages=(dataset-fashion-mnist libopenblas0-pthread python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc)
+# fonts-dejavu-core: the font `ecmt plot` draws its labels with
+packages=(dataset-fashion-mnist libopenblas0-pthread python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc fonts-dejavu-core)
 # chromium: the headless browser the page test drives with Playwright (about 3 minutes to install on 2 cores)
 for arg in "$@"; do
   case "$arg" in

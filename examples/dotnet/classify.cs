@@ -2,6 +2,7 @@
 //   dotnet run examples/dotnet/classify.cs -- http://localhost:50051 image.png [model]
 #:project ../../src/Client/Ecmt.Client.csproj
 using Ecmt.Client;
+using Ecmt.Protos;
 
 string address = args.Length > 0 ? args[0] : "http://localhost:50051";
 string image = args.Length > 1 ? args[1] : throw new ArgumentException("usage: classify.cs SERVER IMAGE [MODEL]");
@@ -12,7 +13,7 @@ string model = args.Length > 2 ? args[2] : (await client.ListModelsAsync()).Firs
 var options = new ClassifyOptions
 {
     MaxSteps = 32,
-    Stop = new ClientStopPolicy(MinConfidence: 0.9, StableSteps: 4),   // whichever holds first; the call is then cancelled
+    Stop = StopPolicy.Recommended,   // the model's own policy (ModelInfo.recommended_stop); the call is cancelled once it holds
 };
 try
 {

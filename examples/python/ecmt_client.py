@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """A Python client of the ecmt.v1 Classifier service (generated from protos/ by generate.sh).
 
-Streams a spiking ViT's prediction after every time step, lets the server stop early (--min-confidence,
---stable-steps), stops early on the client side by cancelling (--client-stop), or cancels after N steps
-(--cancel-after). Uses Debian's python3-grpcio: run it with /usr/bin/python3.
+Streams a spiking ViT's prediction after every time step, lets the server stop early on a stop policy (--min-confidence,
+--stable-steps, --min-steps, --min-margin, --min-gate combined: every rule given must hold; or --recommended, the model's
+own policy), stops early on the client side by cancelling (--client-stop), or cancels after N steps (--cancel-after).
+Uses Debian's python3-grpcio: run it with /usr/bin/python3.
 
   ./ecmt_client.py list --address localhost:50051
-  ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 16 --min-confidence 0.9
+  ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 16 --recommended
+  ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 16 --min-confidence 0.9 --stable-steps 1
   ./ecmt_client.py classify src/Server/Page/samples/*.png --steps 64 --client-stop 0.95 --json
   ./ecmt_client.py health --service ecmt.v1.Classifier/fmnist-vit
 """
@@ -71,21 +73,35 @@ def wait_until_serving(channel, service="", timeout=60.0):
     raise TimeoutError(f"health of '{service}' is {last} after {timeout} s")
 
 
-def classify(stub, model, image, max_steps=0, top_k=3, min_confidence=None, stable_steps=None, timeout=None):
-    """Starts Classify on PNG/JPEG bytes; returns the call: iterate it for updates, .cancel() it to stop."""
+def classify(stub, model, image, max_steps=0, top_k=3, min_confidence=None, stable_steps=None, min_steps=None,
+             min_margin=None, min_gate=None, recommended=False, timeout=None):
+    """Starts Classify on PNG/JPEG bytes; returns the call: iterate it for updates, .cancel() it to stop. The stop
+    rules given form one policy that the server applies (every rule must hold at the same step); recommended=True
+    asks for the model's own policy (ModelInfo.recommended_stop) instead."""
     request = pb.ClassifyRequest(model=model, image=image, max_steps=max_steps, top_k=top_k)
-    if min_confidence is not None:
-        request.stop.min_confidence = min_confidence
-    elif stable_steps is not None:
-        request.stop.stable_steps = stable_steps
+    rules = {"min_confidence": min_confidence, "stable_steps": stable_steps, "min_steps": min_steps,
+             "min_margin": min_margin, "min_gate": min_gate}
+    for field, value in rules.items():
+        if value is not None:
+            setattr(request.stop, field, value)
+    if recommended:
+        request.stop.recommended = True
     return stub.Classify(request, timeout=timeout)
+
+
+def policy_text(stop):
+    """A StopPolicy message as text: 'min_confidence 0.9, stable_steps 1'."""
+    fields = ["min_confidence", "stable_steps", "min_steps", "min_margin", "min_gate"]
+    parts = [f"{f} {getattr(stop, f):g}" for f in fields if stop.HasField(f)]
+    return "recommended" if stop.recommended else (", ".join(parts) or "none")
 
 
 def run_image(stub, model, path, args, emit):
     """Streams one image; emits one record per step and a final one saying how the stream ended."""
     with open(path, "rb") as f:
         image = f.read()
-    call = classify(stub, model, image, args.steps, args.top_k, args.min_confidence, args.stable_steps, args.timeout)
+    call = classify(stub, model, image, args.steps, args.top_k, args.min_confidence, args.stable_steps, args.min_steps,
+                    args.min_margin, args.min_gate, args.recommended, args.timeout)
     name, last = os.path.basename(path), None
     try:
         for update in call:
@@ -93,7 +109,8 @@ def run_image(stub, model, path, args, emit):
             emit({
                 "image": name, "step": update.step,
                 "top": [[s.name, round(s.probability, 4)] for s in update.top],
-                "confidence": round(update.confidence, 4), "sops": update.synaptic_operations,
+                "confidence": round(update.confidence, 4), "margin": round(update.margin, 4),
+                "gate": round(update.gate, 4) if update.HasField("gate") else None, "sops": update.synaptic_operations,
                 "energy_ratio": round(update.energy_ratio, 4), "step_ms": round(update.step_ms, 2),
                 "stop_reason": reason_name(update.stop_reason),
             })
@@ -148,8 +165,12 @@ def main(argv=None):
     c.add_argument("--model", help="model name (default: the first hosted model)")
     c.add_argument("--steps", type=int, default=0, help="max steps (0: the server's default)")
     c.add_argument("--top-k", type=int, default=3)
-    c.add_argument("--min-confidence", type=float, help="server stops at the first step with top-1 probability >= p")
-    c.add_argument("--stable-steps", type=int, help="server stops once the top-1 class held for k steps")
+    c.add_argument("--min-confidence", type=float, help="stop rule: calibrated top-1 probability >= p")
+    c.add_argument("--stable-steps", type=int, help="stop rule: the top-1 class equals that of each of the k steps before")
+    c.add_argument("--min-steps", type=int, help="stop rule: at least m steps have run")
+    c.add_argument("--min-margin", type=float, help="stop rule: top-1 minus top-2 calibrated probability >= m")
+    c.add_argument("--min-gate", type=float, help="stop rule: the model's gate >= g")
+    c.add_argument("--recommended", action="store_true", help="the server stops on the model's recommended policy")
     c.add_argument("--client-stop", type=float, help="the client cancels once top-1 probability >= p")
     c.add_argument("--cancel-after", type=int, help="the client cancels after this many steps")
     c.add_argument("--timeout", type=float, help="deadline in seconds")
@@ -172,11 +193,14 @@ def main(argv=None):
                 if args.json:
                     emit({"name": m.name, "ready": m.ready, "channels": m.channels, "image_size": m.image_size,
                           "classes": list(m.class_names), "backend": m.backend, "default_steps": m.default_steps,
-                          "max_steps": m.max_steps, "health_service": m.health_service})
+                          "max_steps": m.max_steps, "health_service": m.health_service,
+                          "temperatures_calibrated": m.temperatures_calibrated, "gate": m.gate,
+                          "recommended_stop": policy_text(m.recommended_stop) if m.HasField("recommended_stop") else None})
                 else:
+                    recommended = policy_text(m.recommended_stop) if m.HasField("recommended_stop") else "none"
                     print(f"{m.name}: {'ready' if m.ready else 'not ready'}, {m.channels}x{m.image_size}x{m.image_size}, "
                           f"{len(m.class_names)} classes, depth {m.depth}, dim {m.embed_dim}, backend {m.backend}, "
-                          f"steps {m.default_steps} (max {m.max_steps})")
+                          f"steps {m.default_steps} (max {m.max_steps}), recommended stop: {recommended}")
             return 0
         model = args.model or stub.ListModels(pb.ListModelsRequest(), timeout=10).models[0].name
         results = [run_image(stub, model, path, args, emit) for path in args.images]

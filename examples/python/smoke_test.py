@@ -124,6 +124,32 @@ def main():
         else:
             expect(last.stop_reason == pb.STOP_REASON_MAX_STEPS and len(updates) == 20, last.stop_reason)
 
+    @check("server-side stop: every rule of a combined policy must hold (stable for 1 step, at least 3 steps)")
+    def _():
+        updates = list(client.classify(stub, args.model, image, max_steps=20, stable_steps=1, min_steps=3, timeout=60))
+        last = updates[-1]
+        expect(len(updates) >= 3, len(updates))
+        if last.stop_reason == pb.STOP_REASON_POLICY:
+            expect(updates[-1].top[0].index == updates[-2].top[0].index, "not stable")
+            expect(len(updates) == 3 or updates[-2].top[0].index != updates[-3].top[0].index, "stopped late")
+        else:
+            expect(last.stop_reason == pb.STOP_REASON_MAX_STEPS and len(updates) == 20, last.stop_reason)
+
+    @check("the model's recommended policy: ModelInfo reports it and a request can ask for it")
+    def _():
+        info = stub.GetModel(pb.GetModelRequest(name=args.model), timeout=10)
+        if not info.HasField("recommended_stop"):
+            code = status_of(lambda: list(client.classify(stub, args.model, image, max_steps=4, recommended=True, timeout=60)))
+            expect(code == "FAILED_PRECONDITION", code)
+            return
+        expect(info.temperatures_calibrated, "a recommended policy without temperatures")
+        full = list(client.classify(stub, args.model, image, max_steps=16, timeout=60))
+        stopped = list(client.classify(stub, args.model, image, max_steps=16, recommended=True, timeout=60))
+        expect(len(stopped) <= len(full) and [u.top[0].index for u in stopped] == [u.top[0].index for u in full[:len(stopped)]],
+               "the recommended stop does not follow the full stream")
+        expect(stopped[-1].stop_reason != pb.STOP_REASON_UNSPECIFIED, stopped[-1].stop_reason)
+        expect(all(u.HasField("gate") == info.gate for u in stopped), "gate presence differs from ModelInfo.gate")
+
     @check("client-side stop: cancelling mid-stream stops the server (its metrics count a cancelled run)")
     def _():
         before = metric(args.metrics, "ecmt_runs_total", model=args.model, reason="cancelled") if args.metrics else 0

@@ -10,7 +10,7 @@ namespace Ecmt.Cli;
 
 /// <summary>
 /// <c>ecmt classify</c>: streams a server's prediction for each image step by step, stops each image early when asked
-/// (--stop-at, --margin, --stable), shows the steps live on standard error when it is a terminal, and ends with one
+/// (--stop-at, --margin, --stable, --min-steps, --gate combined, or --recommended), shows the steps live on standard error when it is a terminal, and ends with one
 /// table (or one JSON object with --json) on standard output.
 /// </summary>
 static class ClassifyCommand
@@ -193,8 +193,7 @@ static class ClassifyCommand
 
     static string StopText(ClassifyOptions options) =>
         options.Stop is { } stop ? $", client stops at {Markup.Escape(stop.ToString())}"
-        : options.ServerStop is { MinConfidence: double p } ? string.Create(CultureInfo.InvariantCulture, $", server stops at confidence >= {p}")
-        : options.ServerStop is { StableSteps: int k } ? $", server stops when top-1 is stable for {k} steps"
+        : options.ServerStop is { } server ? $", server stops at {Markup.Escape(server.ToString())}"
         : "";
 
     /// <summary>The JSON document --json prints: the run's settings, one entry per file, a summary.</summary>
@@ -254,8 +253,14 @@ static class ClassifyCommand
     }
 
     /// <summary>The stop rules in force, and which side applies them; null when none.</summary>
-    public static JsonObject? StopJson(ClassifyOptions options) =>
-        options.Stop is { } s ? new JsonObject { ["side"] = "client", ["min_confidence"] = s.MinConfidence, ["min_margin"] = s.MinMargin, ["stable_steps"] = s.StableSteps }
-        : options.ServerStop is { } server ? new JsonObject { ["side"] = "server", ["min_confidence"] = server.MinConfidence, ["stable_steps"] = server.StableSteps }
-        : null;
+    public static JsonObject? StopJson(ClassifyOptions options)
+    {
+        var (side, policy) = options.Stop is { } client ? ("client", client) : options.ServerStop is { } server ? ("server", server) : ("", null);
+        if (policy is null) return null;
+        return new JsonObject
+        {
+            ["side"] = side, ["recommended"] = policy.IsRecommended, ["min_confidence"] = policy.MinConfidence, ["min_margin"] = policy.MinMargin,
+            ["stable_steps"] = policy.StableSteps, ["min_steps"] = policy.MinSteps, ["min_gate"] = policy.MinGate,
+        };
+    }
 }

@@ -7,6 +7,8 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
     ImportCommand.Create(),
     ConvertCommand.Create(),
     EvalCommand.Create(),
+    AblateCommand.Create(),
+    PlotCommand.Create(),
     BenchCommand.Create(),
     SamplesCommand.Create(),
     SamplesCommand.CreateSynthetic(),

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Ecmt.Client;
+using Ecmt.Protos;
 using Spectre.Console;
 using ModelInfo = Ecmt.Protos.V1.ModelInfo;
 
@@ -17,34 +18,53 @@ sealed class ServerOptions
     };
     public readonly Option<string?> Model = new("--model") { Description = "Hosted model to use (default: the server's only ready model)" };
     public readonly Option<int> MaxSteps = new("--max-steps") { Description = "Time steps T at most per image (0: the model's default)", DefaultValueFactory = _ => 0 };
-    public readonly Option<double?> StopAt = new("--stop-at") { Description = "Stop an image at the first step whose top-1 probability reaches p (0 < p <= 1); the client cancels the call" };
-    public readonly Option<double?> Margin = new("--margin") { Description = "Stop an image once the top-1 probability leads the top-2 by m (0 < m <= 1); client-side" };
-    public readonly Option<int?> Stable = new("--stable") { Description = "Stop an image once its top-1 class held for k steps after the first (k >= 1)" };
-    public readonly Option<bool> ServerStop = new("--server-stop") { Description = "Send the --stop-at or --stable rule to the server instead (one rule; saves the step in flight)" };
+    public readonly Option<double?> StopAt = new("--stop-at") { Description = "Stop rule: the calibrated top-1 probability reaches p (0 < p <= 1)" };
+    public readonly Option<double?> Margin = new("--margin") { Description = "Stop rule: the top-1 leads the top-2 calibrated probability by m (0 < m <= 1)" };
+    public readonly Option<int?> Stable = new("--stable") { Description = "Stop rule: the top-1 class equals that of each of the k steps before (k >= 1)" };
+    public readonly Option<int?> MinSteps = new("--min-steps") { Description = "Stop rule: at least m steps have run" };
+    public readonly Option<double?> Gate = new("--gate") { Description = "Stop rule: the model's gate (its estimate that the top-1 is final) reaches g (0 < g <= 1)" };
+    public readonly Option<bool> Recommended = new("--recommended") { Description = "Stop with the model's recommended policy (chosen at conversion on validation images; ModelInfo.recommended_stop)" };
+    public readonly Option<bool> ServerStop = new("--server-stop") { Description = "Send the stop policy to the server instead of applying it here (saves the step in flight)" };
     public readonly Option<double?> Timeout = new("--timeout") { Description = "Deadline of each call in seconds (retries included)" };
     public readonly Option<bool> Json = new("--json") { Description = "Print one JSON object on standard output instead of tables" };
 
-    public IEnumerable<Option> All => [Server, Model, MaxSteps, StopAt, Margin, Stable, ServerStop, Timeout, Json];
+    public IEnumerable<Option> All => [Server, Model, MaxSteps, StopAt, Margin, Stable, MinSteps, Gate, Recommended, ServerStop, Timeout, Json];
 
-    /// <summary>The per-image options from the command line; <see cref="ArgumentException"/> for values out of range.</summary>
+    /// <summary>
+    /// The per-image options from the command line: the stop rules given form one policy (every rule must hold), applied
+    /// by the client (it cancels the call) or, with --server-stop, by the server. <see cref="ArgumentException"/> for
+    /// values out of range.
+    /// </summary>
     public ClassifyOptions ClassifyOptions(ParseResult parse, int topK)
     {
-        double? p = parse.GetValue(StopAt), m = parse.GetValue(Margin);
-        int? k = parse.GetValue(Stable);
-        if (p is double pv && !(pv > 0 && pv <= 1)) throw new ArgumentException($"--stop-at is {pv}: it must lie in (0, 1]");
-        if (m is double mv && !(mv > 0 && mv <= 1)) throw new ArgumentException($"--margin is {mv}: it must lie in (0, 1]");
-        if (k is int kv && kv < 1) throw new ArgumentException($"--stable is {kv}: it must be at least 1");
         int maxSteps = parse.GetValue(MaxSteps);
         if (maxSteps < 0) throw new ArgumentException($"--max-steps is {maxSteps}: use 0 (the model's default) or more");
         var timeout = parse.GetValue(Timeout) is double seconds
             ? seconds > 0 ? TimeSpan.FromSeconds(seconds) : throw new ArgumentException($"--timeout is {seconds}: it must be positive")
             : (TimeSpan?)null;
         var options = new ClassifyOptions { MaxSteps = maxSteps, TopK = topK, Timeout = timeout };
-        if (p is null && m is null && k is null) return options;
-        if (!parse.GetValue(ServerStop)) return options with { Stop = new ClientStopPolicy(p, m, k) };
-        if (m is not null) throw new ArgumentException("--margin is a client-side rule: drop --server-stop, or use --stop-at or --stable");
-        if (p is not null && k is not null) throw new ArgumentException("the server takes one rule: --stop-at or --stable, not both, with --server-stop");
-        return options with { ServerStop = p is double confidence ? ServerStopPolicy.Confidence(confidence) : ServerStopPolicy.Stable(k!.Value) };
+        var rules = new StopPolicy
+        {
+            MinConfidence = parse.GetValue(StopAt), MinMargin = parse.GetValue(Margin), StableSteps = parse.GetValue(Stable),
+            MinSteps = parse.GetValue(MinSteps), MinGate = parse.GetValue(Gate),
+        };
+        if (parse.GetValue(Recommended))
+        {
+            if (!rules.IsEmpty) throw new ArgumentException("--recommended is the model's own policy: give no other stop rule with it");
+            rules = StopPolicy.Recommended;
+        }
+        if (rules.IsEmpty) return options;
+        try
+        {
+            rules.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            // Name the option, not the wire field.
+            throw new ArgumentException(e.Message.Replace("stop.min_confidence", "--stop-at").Replace("stop.min_margin", "--margin")
+                .Replace("stop.stable_steps", "--stable").Replace("stop.min_steps", "--min-steps").Replace("stop.min_gate", "--gate"));
+        }
+        return parse.GetValue(ServerStop) ? options with { ServerStop = rules } : options with { Stop = rules };
     }
 
     /// <summary>The --server address; <see cref="ArgumentException"/> when it is not one.</summary>
@@ -100,8 +120,8 @@ sealed class ServerOptions
     {
         StopReason.MaxSteps => "max_steps",
         StopReason.Confident => "confident",
-        StopReason.Margin => "margin",
         StopReason.Stable => "stable",
+        StopReason.Policy => "policy",
         _ => "none",
     };
 }

@@ -11,7 +11,7 @@ namespace Ecmt.Client;
 /// more connections open as needed). Thread-safe: share one instance across the application.
 /// </summary>
 /// <remarks>
-/// Classify streams one <see cref="StepUpdate"/> per time step. A <see cref="ClientStopPolicy"/>, breaking out of the
+/// Classify streams one <see cref="StepUpdate"/> per time step. A client-side <see cref="Protos.StopPolicy"/>, breaking out of the
 /// loop or cancelling the token all cancel the call, and the server stops before its next step. UNAVAILABLE is
 /// retried before the first update only (<see cref="RetryPolicy"/>); any other failure is an
 /// <see cref="EcmtRpcException"/> carrying the status.
@@ -83,17 +83,32 @@ public sealed class EcmtClient : IDisposable
         options.Validate();
         long started = Stopwatch.GetTimestamp();
         var deadline = DeadlineAfter(options.Timeout ?? Options.DefaultTimeout);
-        var request = new ClassifyRequest { Model = model, MaxSteps = (uint)options.MaxSteps, TopK = options.WireTopK, Stop = options.ServerStop?.ToProto() };
+        var request = new ClassifyRequest { Model = model, MaxSteps = (uint)options.MaxSteps, TopK = (uint)options.TopK, Stop = options.ServerStop?.ToProto() };
+        var clientStop = options.Stop;
+        if (clientStop is { IsRecommended: true })
+        {
+            var info = await GetModelAsync(model, cancellationToken).ConfigureAwait(false);
+            clientStop = info.RecommendedStop is { } recommended
+                ? Protos.StopPolicy.FromProto(recommended)
+                : throw new EcmtRpcException($"{Service}/GetModel", new Status(StatusCode.FailedPrecondition, $"model '{model}' has no recommended stop policy"));
+        }
         await input.SetOnAsync(request, cancellationToken).ConfigureAwait(false);
 
         var (call, update, attempts) = await OpenStreamAsync(request, deadline, cancellationToken).ConfigureAwait(false);
         using (call)
         {
-            var tracker = options.Stop is { } stop ? new ClientStopPolicy.Tracker(stop) : null;
+            var tracker = clientStop?.Track();
             while (update is not null)
             {
-                var step = Wrap(update, options.TopK, Stopwatch.GetElapsedTime(started), attempts);
-                var reason = step.IsLast || tracker is null ? StopReason.None : tracker.Observe(step.Prediction.Index, step.Confidence, step.Margin);
+                var step = Wrap(update, Stopwatch.GetElapsedTime(started), attempts);
+                // Every step is observed, the last one too, so that "stable for k steps" counts the same steps as on the server.
+                bool met = tracker is not null && tracker.Observe(step.Signal);
+                var reason = step.IsLast || !met ? StopReason.None : clientStop!.Rule switch
+                {
+                    Protos.StopRule.Confidence => StopReason.Confident,
+                    Protos.StopRule.Stable => StopReason.Stable,
+                    _ => StopReason.Policy,
+                };
                 if (reason != StopReason.None)
                 {
                     // Cancel before handing the update out: the server must not compute while the caller looks at it.
@@ -219,17 +234,16 @@ public sealed class EcmtClient : IDisposable
 
     static DateTime? DeadlineAfter(TimeSpan? timeout) => timeout is { } t ? DateTime.UtcNow + t : null;
 
-    static StepUpdate Wrap(ClassifyUpdate u, int topK, TimeSpan elapsed, int attempts)
+    static StepUpdate Wrap(ClassifyUpdate u, TimeSpan elapsed, int attempts)
     {
         var top = u.Top.Select(s => new ClassScore((int)s.Index, s.Name, s.Probability)).ToArray();
-        float margin = top.Length > 1 ? top[0].Probability - top[1].Probability : u.Confidence;
         return new StepUpdate
         {
             Step = (int)u.Step,
-            // The margin rule may have asked the server for one class more than the caller wanted.
-            Top = topK > 0 && top.Length > topK ? top[..topK] : top,
+            Top = top,
             Confidence = u.Confidence,
-            Margin = margin,
+            Margin = u.Margin,
+            Gate = u.HasGate ? u.Gate : null,
             SynapticOperations = (long)u.SynapticOperations,
             EnergyRatio = u.EnergyRatio,
             FiringRate = u.FiringRate,
@@ -241,6 +255,7 @@ public sealed class EcmtClient : IDisposable
                 Protos.V1.StopReason.MaxSteps => StopReason.MaxSteps,
                 Protos.V1.StopReason.Confident => StopReason.Confident,
                 Protos.V1.StopReason.Stable => StopReason.Stable,
+                Protos.V1.StopReason.Policy => StopReason.Policy,
                 _ => StopReason.None,
             },
             Attempts = attempts,

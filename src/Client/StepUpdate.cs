@@ -10,18 +10,18 @@ public enum StopReason
     MaxSteps,
     /// <summary>The top-1 probability reached the policy's minimum confidence.</summary>
     Confident,
-    /// <summary>The top-1 probability led the top-2 by the policy's minimum margin (client-side policies only).</summary>
-    Margin,
     /// <summary>The top-1 class stayed the same for the policy's number of steps.</summary>
     Stable,
+    /// <summary>Every rule of a policy other than min_confidence alone or stable_steps alone held.</summary>
+    Policy,
 }
 
 /// <summary>One class and its probability, softmax(accumulated logits / t).</summary>
 public readonly record struct ClassScore(int Index, string Name, float Probability);
 
 /// <summary>
-/// The prediction after step t of one image, as the server streamed it, with what the client adds: the top-1/top-2
-/// margin, the time since the call began on this side, and whether the client's stop policy ended the stream here.
+/// The prediction after step t of one image, as the server streamed it, with what the client adds: the time since the
+/// call began on this side, and whether the client's stop policy ended the stream here.
 /// </summary>
 public sealed record StepUpdate
 {
@@ -31,8 +31,10 @@ public sealed record StepUpdate
     public required IReadOnlyList<ClassScore> Top { get; init; }
     /// <summary>Probability of the top-1 class.</summary>
     public required float Confidence { get; init; }
-    /// <summary>Top-1 minus top-2 probability (the top-1 probability when the model has one class).</summary>
+    /// <summary>Top-1 minus top-2 calibrated probability, as the server computed it.</summary>
     public required float Margin { get; init; }
+    /// <summary>The model's gate (its estimate that the top-1 is final), or null when the model has none.</summary>
+    public float? Gate { get; init; }
     /// <summary>Synaptic operations over steps 1..t.</summary>
     public required long SynapticOperations { get; init; }
     /// <summary>Estimated energy over steps 1..t relative to one ANN inference.</summary>
@@ -47,7 +49,7 @@ public sealed record StepUpdate
     public required TimeSpan Elapsed { get; init; }
     /// <summary>Why the stream ends here; <see cref="StopReason.None"/> on every update but the last.</summary>
     public required StopReason StopReason { get; init; }
-    /// <summary>True when the client's <see cref="ClientStopPolicy"/> ended the stream here (the call was cancelled).</summary>
+    /// <summary>True when the client's <see cref="ClassifyOptions.Stop"/> ended the stream here (the call was cancelled).</summary>
     public bool StoppedByClient { get; init; }
     /// <summary>Attempts the call took to get its first update (1 unless UNAVAILABLE was retried).</summary>
     public int Attempts { get; init; } = 1;
@@ -58,6 +60,9 @@ public sealed record StepUpdate
     public ClassScore Prediction => Top[0];
     /// <summary>True on the last update of the stream.</summary>
     public bool IsLast => StopReason != StopReason.None;
+
+    /// <summary>What a stop policy reads at this step.</summary>
+    public Protos.StopSignal Signal => new(Step, Prediction.Index, Confidence, Margin, Gate);
 }
 
 /// <summary>A whole classification: every update, in order (<see cref="EcmtClient.ClassifyToEndAsync"/>).</summary>

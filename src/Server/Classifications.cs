@@ -3,6 +3,7 @@ using Ecmt.Engine.Imaging;
 using Ecmt.Engine.Serving;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
+using StopPolicy = Ecmt.Protos.StopPolicy;
 
 namespace Ecmt.Server;
 
@@ -119,6 +120,11 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
         catch (ModelNotReadyException e)
         {
             throw NotReady(e);
+        }
+        catch (StopPolicyUnavailableException e)
+        {
+            // The recommended policy or the gate was asked of a model whose conversion has none.
+            throw Fail(StatusCode.FailedPrecondition, e.Message);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -44,7 +44,9 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
                 StepMs = step.StepMilliseconds,
                 ElapsedMs = Stopwatch.GetElapsedTime(received).TotalMilliseconds,
                 StopReason = ReasonOf(step.StopReason),
+                Margin = step.Margin,
             };
+            if (step.Gate is float gate) update.Gate = gate;
             foreach (var score in step.Top(topK))
                 update.Top.Add(new Protos.V1.ClassScore { Index = (uint)score.Index, Name = score.Name, Probability = score.Probability });
             await responseStream.WriteAsync(update, context.CancellationToken);
@@ -61,14 +63,8 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
     public override Task<ModelInfo> GetModel(GetModelRequest request, ServerCallContext context) =>
         Task.FromResult(Describe(classifications, classifications.RequireModel(request.Name, "name")));
 
-    static Engine.Serving.StopPolicy StopPolicyOf(ClassifyRequest request) => request.Stop is null
-        ? Engine.Serving.StopPolicy.None
-        : Classifications.Validated(request.Stop.RuleCase switch
-        {
-            Protos.V1.StopPolicy.RuleOneofCase.MinConfidence => new Engine.Serving.StopPolicy(MinConfidence: request.Stop.MinConfidence),
-            Protos.V1.StopPolicy.RuleOneofCase.StableSteps => new Engine.Serving.StopPolicy(StableSteps: (int)Math.Min(request.Stop.StableSteps, int.MaxValue)),
-            _ => throw Classifications.Fail(StatusCode.InvalidArgument, "stop is set but has no rule: set min_confidence or stable_steps, or leave stop unset"),
-        });
+    /// <summary>The request's stop policy (absent: none), with an out-of-range value refused as INVALID_ARGUMENT.</summary>
+    static Protos.StopPolicy StopPolicyOf(ClassifyRequest request) => Classifications.Validated(Protos.StopPolicy.FromProto(request.Stop));
 
     /// <summary>The model as ListModels and GetModel describe it (also served as JSON at /ecmt/v1/models for the page).</summary>
     internal static ModelInfo Describe(Classifications classifications, HostedModel model)
@@ -96,6 +92,20 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
             info.Thresholds = s.Granularity == Engine.Conversion.ThresholdGranularity.PerTensor ? "per-tensor" : "per-channel";
             foreach (var place in Engine.Conversion.Places.All) info.Levels[Engine.Conversion.Places.Key(place)] = (uint)s.LevelsAt(place);
         }
+        if (model.Confidence is { } confidence)
+        {
+            info.TemperaturesCalibrated = confidence.IsCalibrated;
+            info.Gate = confidence.Gate is not null;
+        }
+        if (model.RecommendedStop is { } recommended)
+        {
+            info.RecommendedStop = recommended.ToProto();
+            if (model.RecommendedStopValidation is { } v)
+                info.RecommendedStopStats = new RecommendedStopStats
+                {
+                    Images = (uint)v.Images, AnnTop1 = v.AnnTop1, Top1 = v.Top1, MeanSteps = v.MeanSteps, MaxSteps = (uint)v.MaxSteps,
+                };
+        }
         return info;
     }
 
@@ -104,6 +114,7 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
         Engine.Serving.StopReason.MaxSteps => ProtoStopReason.MaxSteps,
         Engine.Serving.StopReason.Confident => ProtoStopReason.Confident,
         Engine.Serving.StopReason.Stable => ProtoStopReason.Stable,
+        Engine.Serving.StopReason.Policy => ProtoStopReason.Policy,
         _ => ProtoStopReason.Unspecified,
     };
 }

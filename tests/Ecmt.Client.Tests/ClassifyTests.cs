@@ -1,3 +1,4 @@
+using Ecmt.Protos;
 using Grpc.Core;
 
 namespace Ecmt.Client.Tests;
@@ -60,14 +61,12 @@ public sealed class ClassifyTests(ServerFixture fixture) : IClassFixture<ServerF
     }
 
     [Fact]
-    public async Task One_class_asked_still_gets_its_margin_from_the_second()
+    public async Task The_margin_comes_from_the_server_whatever_top_k_asks()
     {
         var two = await _client.ClassifyAsync(TestModels.Tiny, Tensor(5), new ClassifyOptions { MaxSteps = 3, TopK = 2 }).ToListAsync();
-        // The margin rule makes the client ask the server for the top-2; the caller still sees the one class it asked for.
-        var one = await _client.ClassifyAsync(TestModels.Tiny, Tensor(5),
-            new ClassifyOptions { MaxSteps = 3, TopK = 1, Stop = new ClientStopPolicy(MinMargin: 1) }).ToListAsync();
+        var one = await _client.ClassifyAsync(TestModels.Tiny, Tensor(5), new ClassifyOptions { MaxSteps = 3, TopK = 1 }).ToListAsync();
         Assert.All(one, u => Assert.Single(u.Top));
-        Assert.Equal(two.Select(u => u.Margin), one.Select(u => u.Margin));
+        Assert.Equal(two.Select(u => u.Top[0].Probability - u.Top[1].Probability), one.Select(u => u.Margin));
         Assert.All(two, u => Assert.True(u.Margin > 0));
     }
 
@@ -76,7 +75,7 @@ public sealed class ClassifyTests(ServerFixture fixture) : IClassFixture<ServerF
     {
         var full = await _client.ClassifyAsync(TestModels.Deep, Tensor(4), new ClassifyOptions { MaxSteps = 8 }).ToListAsync();
         var stopped = await _client.ClassifyAsync(TestModels.Deep, Tensor(4),
-            new ClassifyOptions { MaxSteps = 8, ServerStop = ServerStopPolicy.Stable(2) }).ToListAsync();
+            new ClassifyOptions { MaxSteps = 8, ServerStop = new StopPolicy { StableSteps = 2 } }).ToListAsync();
 
         int expected = StopPolicyTests.FirstStableStep(full.Select(u => u.Prediction.Index).ToArray(), 2);
         Assert.Equal(expected, stopped.Count);
@@ -124,10 +123,9 @@ public sealed class ClassifyTests(ServerFixture fixture) : IClassFixture<ServerF
     [Fact]
     public async Task Bad_arguments_fail_here_before_any_call()
     {
-        await Assert.ThrowsAsync<ArgumentException>(() => _client.ClassifyAsync(TestModels.Tiny, Tensor(1), new ClassifyOptions { Stop = new ClientStopPolicy() }).ToListAsync());
-        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _client.ClassifyAsync(TestModels.Tiny, Tensor(1), new ClassifyOptions { Stop = new ClientStopPolicy(MinConfidence: 1.5) }).ToListAsync());
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _client.ClassifyAsync(TestModels.Tiny, Tensor(1), new ClassifyOptions { Stop = new StopPolicy { MinConfidence = 1.5 } }).ToListAsync());
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _client.ClassifyAsync(TestModels.Tiny, Tensor(1), new ClassifyOptions { ServerStop = new StopPolicy { StableSteps = 0 } }).ToListAsync());
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => _client.ClassifyAsync(TestModels.Tiny, Tensor(1), new ClassifyOptions { MaxSteps = -1 }).ToListAsync());
-        Assert.Throws<ArgumentOutOfRangeException>(() => ServerStopPolicy.Stable(0));
         Assert.Throws<ArgumentException>(() => ClassifyInput.FromTensor(new float[10], 1, 28, 28));
         var absent = Path.Combine(Path.GetTempPath(), $"ecmt-absent-{Guid.NewGuid():N}.png");
         await Assert.ThrowsAsync<FileNotFoundException>(() => _client.ClassifyFileAsync(TestModels.Tiny, absent).ToListAsync());

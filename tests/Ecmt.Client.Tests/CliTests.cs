@@ -122,6 +122,28 @@ public sealed class CliTests(ServerFixture fixture) : IClassFixture<ServerFixtur
     }
 
     [Fact]
+    public async Task Classify_follows_the_models_recommended_policy_on_either_side()
+    {
+        var folder = TestModels.PngFolder(3);
+        using var client = new EcmtClient(Server);
+        var files = Directory.GetFiles(folder).Order(StringComparer.Ordinal).ToArray();
+        var expected = new List<int>();
+        foreach (var file in files)
+            expected.Add((await client.ClassifyToEndAsync(TestModels.Deep, ClassifyInput.FromFile(file),
+                new ClassifyOptions { MaxSteps = 10, ServerStop = Protos.StopPolicy.Recommended })).Steps);
+        foreach (var side in new[] { "client", "server" })
+        {
+            string[] args = ["classify", folder, "--server", Server, "--model", TestModels.Deep, "--max-steps", "10", "--recommended", "--json"];
+            var (code, stdout, _) = await Ecmt(side == "server" ? [.. args, "--server-stop"] : args);
+            Assert.Equal(0, code);
+            var json = JsonNode.Parse(stdout)!;
+            Assert.Equal(side, (string)json["stop"]!["side"]!);
+            Assert.True((bool)json["stop"]!["recommended"]!);
+            Assert.Equal(expected, json["results"]!.AsArray().Select(r => (int)r!["steps"]!));
+        }
+    }
+
+    [Fact]
     public async Task Classify_prints_a_table_without_json()
     {
         var folder = TestModels.PngFolder(2);
@@ -143,9 +165,12 @@ public sealed class CliTests(ServerFixture fixture) : IClassFixture<ServerFixtur
         Assert.Equal("ecmt classify: no such file or folder: '/no/such/folder'", stderr.Trim());
 
         var folder = TestModels.PngFolder(1);
-        (code, _, stderr) = await Ecmt("classify", folder, "--server", Server, "--margin", "0.2", "--server-stop");
+        (code, _, stderr) = await Ecmt("classify", folder, "--server", Server, "--recommended", "--stop-at", "0.5");
         Assert.Equal(2, code);
-        Assert.Contains("--margin is a client-side rule", stderr, StringComparison.Ordinal);
+        Assert.Contains("--recommended is the model's own policy", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = await Ecmt("classify", folder, "--server", Server, "--margin", "1.5", "--server-stop");
+        Assert.Equal(2, code);
+        Assert.Contains("--margin is 1.5", stderr, StringComparison.Ordinal);
 
         // Two ready models and no --model: the tool asks which.
         (code, _, stderr) = await Ecmt("classify", folder, "--server", Server);

@@ -1,9 +1,12 @@
 using Ecmt.Engine.Serving;
+using Ecmt.Protos;
+using StopReason = Ecmt.Client.StopReason;
 
 namespace Ecmt.Client.Tests;
 
 /// <summary>
-/// Each client-side stop rule ends the stream at the first step where it holds, and cancelling the call stops the
+/// A client-side stop policy ends the stream at the first step where every rule of it holds (the step the shared
+/// tracker finds on an uninterrupted stream), and cancelling the call stops the
 /// engine: counted by the engine itself, the server ran the steps the client saw plus at most the ones already under
 /// way when the cancel arrived (the server starts step t + 1 as soon as it has sent update t), and nothing after.
 /// </summary>
@@ -28,9 +31,9 @@ public sealed class StopPolicyTests(ServerFixture fixture) : IClassFixture<Serve
         // A threshold that a later step reaches first (a new running maximum), so the stop is not at step 1.
         var (policy, expected, reason) = rule switch
         {
-            Rule.Confidence => NewMaximum(full.Select(u => u.Confidence).ToArray()) is var (t, p) ? (new ClientStopPolicy(MinConfidence: p), t, StopReason.Confident) : default,
-            Rule.Margin => NewMaximum(full.Select(u => u.Margin).ToArray()) is var (t, m) ? (new ClientStopPolicy(MinMargin: m), t, StopReason.Margin) : default,
-            _ => (new ClientStopPolicy(StableSteps: 2), FirstStableStep(full.Select(u => u.Prediction.Index).ToArray(), 2), StopReason.Stable),
+            Rule.Confidence => NewMaximum(full.Select(u => u.Confidence).ToArray()) is var (t, p) ? (new StopPolicy { MinConfidence = p }, t, StopReason.Confident) : default,
+            Rule.Margin => NewMaximum(full.Select(u => u.Margin).ToArray()) is var (t, m) ? (new StopPolicy { MinMargin = m }, t, StopReason.Policy) : default,
+            _ => (new StopPolicy { StableSteps = 2 }, FirstStableStep(full.Select(u => u.Prediction.Index).ToArray(), 2), StopReason.Stable),
         };
         Assert.InRange(expected, 2, Observed - 1);
 
@@ -53,17 +56,49 @@ public sealed class StopPolicyTests(ServerFixture fixture) : IClassFixture<Serve
         Assert.Equal(after, model.StepsRun);
     }
 
+    /// <summary>Where the shared tracker, run over an uninterrupted stream, says the policy holds first; 0 when never.</summary>
+    static int FirstStop(IReadOnlyList<StepUpdate> full, StopPolicy policy)
+    {
+        var tracker = policy.Track();
+        for (int i = 0; i < full.Count; i++) if (tracker.Observe(full[i].Signal)) return i + 1;
+        return 0;
+    }
+
     [Fact]
-    public async Task The_first_rule_to_hold_wins()
+    public async Task Every_rule_must_hold()
     {
         var full = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = Observed }).ToListAsync();
         int stable = FirstStableStep(full.Select(u => u.Prediction.Index).ToArray(), 1);
+        // Stable for one step and at least one step past the first stable one: later than either rule alone.
+        var policy = new StopPolicy { StableSteps = 1, MinSteps = stable + 1 };
+        int expected = FirstStop(full, policy);
+        Assert.InRange(expected, stable + 1, Observed);
         var run = fixture.Host.Model(TestModels.Deep).NextRun();
-        var updates = await _client.ClassifyAsync(TestModels.Deep, Image,
-            new ClassifyOptions { MaxSteps = Observed, Stop = new ClientStopPolicy(MinConfidence: 1, MinMargin: 1, StableSteps: 1) }).ToListAsync();
-        Assert.Equal(stable, updates.Count);
-        Assert.Equal(StopReason.Stable, updates[^1].StopReason);
-        AssertStoppedSoonAfter(await run.WaitAsync(TimeSpan.FromSeconds(30)), stable);
+        var updates = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = Observed + 1, Stop = policy }).ToListAsync();
+        Assert.Equal(expected, updates.Count);
+        Assert.Equal(StopReason.Policy, updates[^1].StopReason);
+        AssertStoppedSoonAfter(await run.WaitAsync(TimeSpan.FromSeconds(30)), expected);
+    }
+
+    [Fact]
+    public async Task The_recommended_policy_applies_the_same_on_either_side()
+    {
+        var info = await _client.GetModelAsync(TestModels.Deep);
+        var policy = StopPolicy.FromProto(info.RecommendedStop);
+        var full = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = Observed }).ToListAsync();
+        int expected = FirstStop(full, policy) is > 0 and var t ? t : Observed;
+        var client = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = Observed, Stop = StopPolicy.Recommended }).ToListAsync();
+        var server = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = Observed, ServerStop = StopPolicy.Recommended }).ToListAsync();
+        Assert.Equal(expected, client.Count);
+        Assert.Equal(expected, server.Count);
+        Assert.Equal(full.Take(expected).Select(u => u.Gate), server.Select(u => u.Gate));
+        Assert.All(full, u => Assert.NotNull(u.Gate));
+        var none = await Assert.ThrowsAsync<EcmtRpcException>(() =>
+            _client.ClassifyAsync(TestModels.Tiny, Image, new ClassifyOptions { MaxSteps = 3, ServerStop = StopPolicy.Recommended }).ToListAsync());
+        Assert.Equal("FAILED_PRECONDITION", none.Code);
+        none = await Assert.ThrowsAsync<EcmtRpcException>(() =>
+            _client.ClassifyAsync(TestModels.Tiny, Image, new ClassifyOptions { MaxSteps = 3, Stop = StopPolicy.Recommended }).ToListAsync());
+        Assert.Equal("FAILED_PRECONDITION", none.Code);
     }
 
     [Fact]
@@ -71,7 +106,7 @@ public sealed class StopPolicyTests(ServerFixture fixture) : IClassFixture<Serve
     {
         var model = fixture.Host.Model(TestModels.Deep);
         var run = model.NextRun();
-        var updates = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = 3, Stop = new ClientStopPolicy(MinConfidence: 1) }).ToListAsync();
+        var updates = await _client.ClassifyAsync(TestModels.Deep, Image, new ClassifyOptions { MaxSteps = 3, Stop = new StopPolicy { MinConfidence = 1 } }).ToListAsync();
         Assert.Equal(3, updates.Count);
         Assert.Equal(StopReason.MaxSteps, updates[^1].StopReason);
         Assert.False(updates[^1].StoppedByClient);

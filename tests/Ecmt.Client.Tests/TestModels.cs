@@ -22,7 +22,8 @@ static class TestModels
         var root = Path.Combine(Path.GetTempPath(), $"ecmt-client-tests-{Environment.ProcessId}");
         if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
         SyntheticModels.Create(Path.Combine(root, Tiny), SyntheticModels.Config(Tiny), seed: 1);
-        SyntheticModels.Create(Path.Combine(root, Deep), SyntheticModels.Config(Deep, embedDim: 64, depth: 4, heads: 4, patchSize: 4), seed: 2);
+        // The deep model has temperatures, a gate and a recommended policy (fitted on random images); the tiny one has none.
+        SyntheticModels.Create(Path.Combine(root, Deep), SyntheticModels.Config(Deep, embedDim: 64, depth: 4, heads: 4, patchSize: 4), seed: 2, fitSteps: 6);
         AppDomain.CurrentDomain.ProcessExit += (_, _) =>
         {
             foreach (var dir in new[] { root, root + "-images" })

@@ -18,10 +18,22 @@ public class SimulationTests
         return worst;
     }
 
-    [Fact]
-    public void Accumulated_logits_over_T_converge_to_the_ANN_logits()
+    /// <summary>The paper's neuron, and the nearest-level neuron with the quantile as level 2's value at every calibrated place.</summary>
+    public static TheoryData<string> Conversions => ["paper", "nearest, quantile at level 2"];
+
+    static ConversionSettings SettingsFor(string name) => name == "paper"
+        ? ConversionSettings.Calibrated()
+        : ConversionSettings.Calibrated() with
+        {
+            Rounding = Rounding.Nearest,
+            QuantileLevels = Places.All.ToDictionary(p => p.Key(), _ => 2),
+        };
+
+    [Theory]
+    [MemberData(nameof(Conversions))]
+    public void Accumulated_logits_over_T_converge_to_the_ANN_logits(string conversion)
     {
-        var converted = TestModels.TinyConverted();
+        var converted = TestModels.TinyConverted(SettingsFor(conversion));
         var model = new SpikingModel(converted);
         const int images = 4;
         var pixels = TestModels.RandomImages(model.Config, images, 21).Normalized(0, images, model.Config);

@@ -118,18 +118,19 @@ public abstract class BackendConformance : IDisposable
     SpikePair Spikes(MultiThresholdNeuron neuron, params int[] shape) => new(_reference, Candidate, neuron, shape);
     CounterPair Counters(int images) => new(_reference, Candidate, images);
 
-    public static TheoryData<int, int, int> NeuronLayouts => new()
+    public static TheoryData<int, int, int, SpikeRounding> NeuronLayouts => new()
     {
-        // groups, inner, levels: per tensor; per channel; q/k/v thirds of a (…, 3D) row; per head of (B, H, N, N)
-        { 1, 1, 8 }, { 24, 1, 8 }, { 3, 8, 4 }, { 2, 36, 1 },
+        // groups, inner, levels, firing offsets: per tensor; per channel; q/k/v thirds of a (…, 3D) row; per head of (B, H, N, N)
+        { 1, 1, 8, SpikeRounding.HalfBase }, { 24, 1, 8, SpikeRounding.HalfBase }, { 3, 8, 4, SpikeRounding.HalfBase }, { 2, 36, 1, SpikeRounding.HalfBase },
+        { 1, 1, 8, SpikeRounding.Nearest }, { 24, 1, 8, SpikeRounding.Nearest }, { 3, 8, 4, SpikeRounding.Nearest }, { 2, 36, 1, SpikeRounding.Nearest },
     };
 
     [Theory]
     [MemberData(nameof(NeuronLayouts))]
-    public void Fire_matches_the_reference(int groups, int inner, int levels)
+    public void Fire_matches_the_reference(int groups, int inner, int levels, SpikeRounding rounding)
     {
         int[] shape = [3, 6, 24];
-        var neuron = TestData.Neuron(levels, groups, inner, seed: groups + inner);
+        var neuron = TestData.Neuron(levels, groups, inner, seed: groups + inner, rounding);
         var input = Tensors(shape);
         var membrane = Tensors(shape);
         var spikes = Spikes(neuron, shape);

@@ -115,16 +115,18 @@ public sealed class FastCpuKernelTests : IDisposable
         }
     }
 
-    [Fact]
-    public void Membranes_exactly_on_a_threshold_fire_as_the_scalar_rule()
+    [Theory]
+    [InlineData(SpikeRounding.HalfBase)]
+    [InlineData(SpikeRounding.Nearest)]
+    public void Membranes_exactly_on_a_threshold_fire_as_the_scalar_rule(SpikeRounding rounding)
     {
         // Every threshold of both sides, and its float neighbours, as the input to fresh membranes: the vector
         // compare must treat "reaches" (≥, ≤) exactly as the scalar rule does.
-        var neuron = MultiThresholdNeuron.PerTensor(8, 0.37f, 0.11f);
+        var neuron = new MultiThresholdNeuron(8, [0.37f], [0.11f], rounding: rounding);
         var inputs = new List<float>();
         for (int k = 0; k < neuron.Levels; k++)
         {
-            foreach (var threshold in new[] { MultiThresholdNeuron.Threshold(0.37f, k), -MultiThresholdNeuron.Threshold(0.11f, k) })
+            foreach (var threshold in new[] { MultiThresholdNeuron.Threshold(0.37f, k, rounding), -MultiThresholdNeuron.Threshold(0.11f, k, rounding) })
                 inputs.AddRange([threshold, MathF.BitIncrement(threshold), MathF.BitDecrement(threshold)]);
         }
         // and values no threshold decides: infinities, NaN, signed zeros, subnormals, the largest floats

@@ -177,6 +177,44 @@ public class ReferencePropertyTests
     }
 
     [Fact]
+    public void Nearest_rounding_fires_the_level_nearest_the_membrane()
+    {
+        var neuron = new MultiThresholdNeuron(4, [1f], [0.5f], rounding: SpikeRounding.Nearest);
+        // Positive side λ = 1: levels 1, 2, 4, 8 fire from 0.5, 1.5, 3, 6; negative λ = 0.5: from 0.25, 0.75, 1.5, 3.
+        (float Input, sbyte Code)[] cases =
+        [
+            (0.49f, 0), (0.5f, 1), (1.49f, 1), (1.5f, 2), (2.99f, 2), (3f, 3), (5.99f, 3), (6f, 4), (100f, 4),
+            (-0.24f, 0), (-0.25f, -1), (-0.74f, -1), (-0.75f, -2), (-1.49f, -2), (-1.5f, -3), (-3f, -4),
+        ];
+        foreach (var (input, code) in cases)
+        {
+            float v = input;
+            Assert.Equal(code, neuron.Fire(ref v, 0));
+            Assert.Equal(input - neuron.Value(code, 0), v, 6);
+        }
+    }
+
+    [Fact]
+    public void Nearest_rounding_with_constant_input_stays_bounded_and_its_mean_converges_like_one_over_t()
+    {
+        const float lambda = 1f;
+        var neuron = new MultiThresholdNeuron(8, [lambda], [lambda], rounding: SpikeRounding.Nearest);
+        foreach (var x in new[] { 0.3f, -0.3f, 0.77f, 1.3f, -2.6f, 5.1f, 37.9f, -60.2f, 63.4f })
+        {
+            float v = 0;
+            double emitted = 0;
+            float bound = MathF.Max(2 * MathF.Abs(x), lambda / 2);
+            for (int t = 1; t <= 64; t++)
+            {
+                v += x;
+                emitted += neuron.Value(neuron.Fire(ref v, 0), 0);
+                Assert.True(MathF.Abs(v) <= bound + 1e-4f, $"x = {x}: |V({t})| = {MathF.Abs(v)} exceeds {bound}");
+            }
+            Assert.True(Math.Abs(emitted / 64 - x) <= bound / 64 + 1e-4);
+        }
+    }
+
+    [Fact]
     public void MT_neuron_with_constant_input_stays_bounded_and_its_mean_converges_like_one_over_t()
     {
         const float lambda = 1f;

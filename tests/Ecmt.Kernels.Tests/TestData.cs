@@ -26,7 +26,7 @@ static class TestData
         return codes;
     }
 
-    public static MultiThresholdNeuron Neuron(int levels, int groups, int inner, int seed)
+    public static MultiThresholdNeuron Neuron(int levels, int groups, int inner, int seed, SpikeRounding rounding = SpikeRounding.HalfBase)
     {
         var rng = new Random(seed);
         float[] pos = new float[groups], neg = new float[groups];
@@ -35,7 +35,7 @@ static class TestData
             pos[g] = 0.05f + (float)rng.NextDouble() * 0.5f;
             neg[g] = 0.05f + (float)rng.NextDouble() * 0.5f;
         }
-        return new MultiThresholdNeuron(levels, pos, neg, inner);
+        return new MultiThresholdNeuron(levels, pos, neg, inner, rounding);
     }
 
     /// <summary>Asserts |expected − actual| ≤ atol + rtol·|expected| everywhere, naming the worst element.</summary>

@@ -43,9 +43,6 @@ public sealed class BadInputTests : IAsyncLifetime
         Expect(StatusCode.InvalidArgument, "model is missing", await Classify(Requests.Tensor("")));
         Expect(StatusCode.InvalidArgument, "input is missing", await Classify(new ClassifyRequest { Model = TestModels.Tiny }));
         Expect(StatusCode.InvalidArgument, "name is missing", await Requests.StatusOf(() => _host.Client.GetModelAsync(new GetModelRequest()).ResponseAsync));
-        var noRule = Requests.Tensor(TestModels.Tiny);
-        noRule.Stop = new Protos.V1.StopPolicy();
-        Expect(StatusCode.InvalidArgument, "no rule", await Classify(noRule));
         await StillServes();
     }
 
@@ -100,6 +97,18 @@ public sealed class BadInputTests : IAsyncLifetime
         var zero = Requests.Tensor(TestModels.Tiny);
         zero.Stop = new Protos.V1.StopPolicy { StableSteps = 0 };
         Expect(StatusCode.InvalidArgument, "stable_steps is 0", await Classify(zero));
+
+        var recommendedAndMore = Requests.Tensor(TestModels.Tiny);
+        recommendedAndMore.Stop = new Protos.V1.StopPolicy { Recommended = true, MinSteps = 2 };
+        Expect(StatusCode.InvalidArgument, "recommended", await Classify(recommendedAndMore));
+
+        // Rules the model cannot apply: the deep test model was converted without temperatures, gate or policy.
+        var noRecommended = Requests.Tensor(TestModels.Deep);
+        noRecommended.Stop = new Protos.V1.StopPolicy { Recommended = true };
+        Expect(StatusCode.FailedPrecondition, "no recommended stop policy", await Classify(noRecommended));
+        var noGate = Requests.Tensor(TestModels.Deep);
+        noGate.Stop = new Protos.V1.StopPolicy { MinGate = 0.9 };
+        Expect(StatusCode.FailedPrecondition, "no gate", await Classify(noGate));
         await StillServes();
     }
 

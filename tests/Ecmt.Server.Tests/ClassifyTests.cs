@@ -46,15 +46,21 @@ public sealed class ClassifyTests : IAsyncLifetime
         var updates = await _host.Client.RunAsync(Requests.Tensor(TestModels.Tiny, seed: 11, maxSteps: 5, topK: 10));
 
         var model = new SpikingModel(ConvertedModel.Load(TestModels.Dir(TestModels.Tiny)));
+        Assert.True(model.Converted.Confidence.IsCalibrated);
+        var tracker = model.Converted.Confidence.Track(model.Config.NumClasses);
         using var backend = new ReferenceBackend();
         using var session = new SpikingSession(model, backend, 1);
         session.Reset(ImageInput.Normalise(TestModels.Image(11).Intensities, model.Config));
         foreach (var update in updates)
         {
             var output = session.Next();
-            var p = output.Probabilities(0);
+            var signal = tracker.Observe(output.Logits(0), output.Step);
+            var p = tracker.Probabilities;
             Assert.Equal((uint)output.Prediction(0), update.Top[0].Index);
-            foreach (var score in update.Top) Assert.Equal(p[score.Index], score.Probability);
+            foreach (var score in update.Top) Assert.Equal(p[(int)score.Index], score.Probability);
+            Assert.Equal(signal.Margin, update.Margin);
+            Assert.True(update.HasGate);
+            Assert.Equal(signal.Gate!.Value, update.Gate);
             Assert.Equal((ulong)output.Sops[0], update.SynapticOperations);
             Assert.Equal(output.EnergyRatio(0), update.EnergyRatio, 12);
             Assert.Equal(output.FiringRate(0), update.FiringRate, 12);
@@ -143,6 +149,61 @@ public sealed class ClassifyTests : IAsyncLifetime
         Assert.Equal(expected < steps || Enumerable.Range(steps - 1 - k, k).All(s => top[s] == top[^1]) ? StopReason.Stable : StopReason.MaxSteps,
             stopped[^1].StopReason);
         Assert.True(expected >= k + 1);
+    }
+
+    /// <summary>Where the engine's own tracker, run over an uninterrupted stream, says the policy holds first (else the last step).</summary>
+    static int FirstStop(List<ClassifyUpdate> full, Ecmt.Protos.StopPolicy policy)
+    {
+        var tracker = policy.Track();
+        for (int i = 0; i < full.Count; i++)
+            if (tracker.Observe(new Ecmt.Protos.StopSignal((int)full[i].Step, (int)full[i].Top[0].Index, full[i].Confidence, full[i].Margin,
+                    full[i].HasGate ? full[i].Gate : null))) return i + 1;
+        return full.Count;
+    }
+
+    [Fact]
+    public async Task Combined_rules_stop_where_every_one_holds()
+    {
+        const int steps = 16;
+        var full = await _host.Client.RunAsync(Requests.Tensor(TestModels.Deep, seed: 9, maxSteps: steps));
+        // Stable for one step, and at least as late as one step after the first stable step.
+        var stable = new Ecmt.Protos.StopPolicy { StableSteps = 1 };
+        int firstStable = FirstStop(full, stable);
+        var policy = stable with { MinSteps = firstStable + 1 };
+        int expected = FirstStop(full, policy);
+        Assert.True(expected > firstStable);
+
+        var request = Requests.Tensor(TestModels.Deep, seed: 9, maxSteps: steps);
+        request.Stop = policy.ToProto();
+        var stopped = await _host.Client.RunAsync(request);
+        Assert.Equal(expected, stopped.Count);
+        if (expected < steps) Assert.Equal(StopReason.Policy, stopped[^1].StopReason);
+    }
+
+    [Fact]
+    public async Task The_recommended_policy_is_the_one_model_info_reports()
+    {
+        var info = await _host.Client.GetModelAsync(new GetModelRequest { Name = TestModels.Tiny });
+        Assert.True(info.TemperaturesCalibrated);
+        Assert.True(info.Gate);
+        Assert.NotNull(info.RecommendedStop);
+        Assert.False(info.RecommendedStop.Recommended);
+        Assert.Equal(16u, info.RecommendedStopStats.Images);
+        Assert.Equal(6u, info.RecommendedStopStats.MaxSteps);
+        var policy = Ecmt.Protos.StopPolicy.FromProto(info.RecommendedStop);
+        var deep = await _host.Client.GetModelAsync(new GetModelRequest { Name = TestModels.Deep });
+        Assert.False(deep.TemperaturesCalibrated);
+        Assert.False(deep.Gate);
+        Assert.Null(deep.RecommendedStop);
+
+        for (int seed = 1; seed <= 4; seed++)
+        {
+            var full = await _host.Client.RunAsync(Requests.Tensor(TestModels.Tiny, seed: seed, maxSteps: 12));
+            var request = Requests.Tensor(TestModels.Tiny, seed: seed, maxSteps: 12);
+            request.Stop = new Protos.V1.StopPolicy { Recommended = true };
+            var stopped = await _host.Client.RunAsync(request);
+            Assert.Equal(FirstStop(full, policy), stopped.Count);
+        }
     }
 
     [Fact]

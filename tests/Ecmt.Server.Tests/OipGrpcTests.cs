@@ -110,6 +110,25 @@ public sealed class OipGrpcTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_recommended_policy_and_combined_rules_stop_where_ecmt_v1_stops()
+    {
+        var recommended = Requests.Tensor(TestModels.Tiny, seed: 5, maxSteps: 30);
+        recommended.Stop = new Protos.V1.StopPolicy { Recommended = true };
+        var byV1 = await _host.Client.RunAsync(recommended);
+        var byOip = await Oip.ModelInferAsync(OipRequests.Pixels(TestModels.Tiny, seed: 5, maxSteps: 30).With("recommended", true));
+        Assert.Equal(byV1.Count, byOip.Step());
+        Assert.Equal(byV1[^1].StopReason == Protos.V1.StopReason.Policy ? "policy" : "max_steps", byOip.StopReason());
+
+        // Every rule given must hold: min_steps holds the stable rule back until step 5.
+        var combined = Requests.Tensor(TestModels.Tiny, seed: 5, maxSteps: 30);
+        combined.Stop = new Protos.V1.StopPolicy { StableSteps = 1, MinSteps = 5 };
+        byV1 = await _host.Client.RunAsync(combined);
+        byOip = await Oip.ModelInferAsync(OipRequests.Pixels(TestModels.Tiny, seed: 5, maxSteps: 30).With("stable_steps", 1L).With("min_steps", 5L));
+        Assert.InRange(byV1.Count, 5, 30);
+        Assert.Equal(byV1.Count, byOip.Step());
+    }
+
+    [Fact]
     public async Task Outputs_can_be_chosen_and_the_classification_extension_names_the_top_classes()
     {
         var request = OipRequests.Pixels(TestModels.Tiny, seed: 5, maxSteps: 2).Output("step").Output("probabilities", classification: 3);
@@ -210,6 +229,10 @@ public sealed class OipGrpcTests : IAsyncLifetime
             "min_confidence is 1.5"),
         ["stable steps 0"] = (() => WithStop(new Protos.V1.StopPolicy { StableSteps = 0 }), () => OipRequests.Pixels(TestModels.Tiny).With("stable_steps", 0L),
             "stable_steps is 0"),
+        ["min steps 0"] = (() => WithStop(new Protos.V1.StopPolicy { MinSteps = 0 }), () => OipRequests.Pixels(TestModels.Tiny).With("min_steps", 0L),
+            "min_steps is 0"),
+        ["no recommended policy"] = (() => WithStop(new Protos.V1.StopPolicy { Recommended = true }, TestModels.Deep),
+            () => OipRequests.Pixels(TestModels.Deep).With("recommended", true), "no recommended stop policy"),
         ["corrupt image"] = (() => Requests.Image(TestModels.Tiny, "not an image"u8.ToArray()), () => OipRequests.Image(TestModels.Tiny, "not an image"u8.ToArray()),
             "is not a decodable PNG or JPEG"),
         ["truncated image"] = (() => Requests.Image(TestModels.Tiny, TestModels.Png(1)[..100]), () => OipRequests.Image(TestModels.Tiny, TestModels.Png(1)[..100]),
@@ -219,9 +242,9 @@ public sealed class OipGrpcTests : IAsyncLifetime
         ["oversized message"] = (() => Requests.Image(TestModels.Tiny, new byte[100_000]), () => OipRequests.Image(TestModels.Tiny, new byte[100_000]), ""),
     };
 
-    static ClassifyRequest WithStop(Protos.V1.StopPolicy stop)
+    static ClassifyRequest WithStop(Protos.V1.StopPolicy stop, string model = TestModels.Tiny)
     {
-        var request = Requests.Tensor(TestModels.Tiny);
+        var request = Requests.Tensor(model);
         request.Stop = stop;
         return request;
     }

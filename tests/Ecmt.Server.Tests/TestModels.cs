@@ -4,7 +4,8 @@ using Ecmt.Engine.Imaging;
 namespace Ecmt.Server.Tests;
 
 /// <summary>
-/// The models every test serves, made once per test run in a temporary folder: <see cref="Tiny"/> (fast steps),
+/// The models every test serves, made once per test run in a temporary folder: <see cref="Tiny"/> (fast steps;
+/// temperatures, a gate and a recommended stop policy),
 /// <see cref="Deep"/> (steps slow enough to cancel mid-run), <see cref="Broken"/> (weights cut short: fails to load),
 /// and a folder with an unconverted model that the server must skip.
 /// </summary>
@@ -23,7 +24,8 @@ static class TestModels
     {
         var root = Path.Combine(Path.GetTempPath(), $"ecmt-server-tests-{Environment.ProcessId}");
         if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
-        SyntheticModels.Create(Path.Combine(root, Tiny), SyntheticModels.Config(Tiny), seed: 1);
+        // The tiny model has per-step temperatures, a gate and a recommended policy (fitted on random images); the deep one has none.
+        SyntheticModels.Create(Path.Combine(root, Tiny), SyntheticModels.Config(Tiny), seed: 1, fitSteps: 6);
         SyntheticModels.Create(Path.Combine(root, Deep), SyntheticModels.Config(Deep, embedDim: 64, depth: 4, heads: 4, patchSize: 4), seed: 2);
 
         var broken = Path.Combine(root, Broken);

@@ -9,7 +9,8 @@ public sealed record CalibrationSource(string Source, int Images, int BatchSize)
 /// <summary>
 /// Threshold calibration (ECMT.md section 4): run the ANN on calibration images; at every place of every block take,
 /// per batch, the p-quantile of the values as λp and minus the (1−p)-quantile as λn (per channel, or per head at s,
-/// when asked); average over batches. Places with fixed thresholds are not calibrated.
+/// when asked); average over batches; divide by 2^j where the settings make the quantile level j's value. Places
+/// with fixed thresholds are not calibrated.
 /// </summary>
 public static class Calibration
 {
@@ -49,13 +50,15 @@ public static class Calibration
             foreach (var place in Places.All)
             {
                 int groups = GroupCount(place, config, settings.Granularity);
+                // The quantile (or fixed value) is level j's value: λ = q / 2^j.
+                float down = 1f / Kernels.MultiThresholdNeuron.Pow2(settings.QuantileLevelAt(place));
                 if (settings.FixedAt(place) is { } pair)
                 {
-                    result[block, place] = new PlaceThresholds(Enumerable.Repeat(pair.Pos, groups).ToArray(), Enumerable.Repeat(pair.Neg, groups).ToArray());
+                    result[block, place] = new PlaceThresholds(Enumerable.Repeat(pair.Pos * down, groups).ToArray(), Enumerable.Repeat(pair.Neg * down, groups).ToArray());
                     continue;
                 }
-                var pos = sumPos[block, (int)place].Select(s => (float)(s / batches)).ToArray();
-                var neg = sumNeg[block, (int)place].Select(s => (float)(s / batches)).ToArray();
+                var pos = sumPos[block, (int)place].Select(s => (float)(s / batches) * down).ToArray();
+                var neg = sumNeg[block, (int)place].Select(s => (float)(s / batches) * down).ToArray();
                 result[block, place] = Sanitize(pos, neg);
             }
         }
@@ -75,7 +78,7 @@ public static class Calibration
     /// <summary>λp, λn of one batch of values at one place, per group.</summary>
     static (double[] Pos, double[] Neg) BatchThresholds(ReadOnlySpan<float> values, int[] shape, Place place, ConversionSettings settings)
     {
-        double p = settings.Quantile;
+        double p = settings.QuantileAt(place);
         if (settings.Granularity == ThresholdGranularity.PerTensor)
         {
             var all = values.ToArray();

@@ -12,13 +12,19 @@ public sealed record ConversionRecord
     public int FormatVersion { get; init; } = 1;
     public required ConversionSettings Settings { get; init; }
     public required CalibrationSource Calibration { get; init; }
+    /// <summary>Per-step temperatures and the gate, fitted on validation images; null: τ = 1, no gate.</summary>
+    public ConfidenceCalibration? Confidence { get; init; }
+    /// <summary>The policy chosen on the validation images (fewest mean steps within 0.5 point of the ANN); null: none.</summary>
+    public Protos.StopPolicy? RecommendedStop { get; init; }
+    public RecommendedStopStats? RecommendedStopValidation { get; init; }
     public DateTimeOffset Created { get; init; } = DateTimeOffset.UtcNow;
 }
 
 /// <summary>
 /// A ViT converted by ECMT: its weights, thresholds at every place of every block, and the settings that made them.
 /// On disk: <c>config.json</c>, <c>model.safetensors</c>, <c>conversion.json</c> and <c>thresholds.safetensors</c>
-/// (keys <c>blocks.{i}.{place}.lambda_pos</c> / <c>lambda_neg</c>, shape (groups)) in one folder.
+/// (keys <c>blocks.{i}.{place}.lambda_pos</c> / <c>lambda_neg</c>, shape (groups)) in one folder. conversion.json also
+/// holds what was fitted on validation images: per-step temperatures, the gate and the recommended stop policy.
 /// </summary>
 public sealed class ConvertedModel(VitWeights weights, ModelThresholds thresholds, ConversionRecord record)
 {
@@ -31,6 +37,17 @@ public sealed class ConvertedModel(VitWeights weights, ModelThresholds threshold
     public ConversionSettings Settings => Record.Settings;
     public VitConfig Config => Weights.Config;
     public string Name => Config.Name ?? "model";
+    /// <summary>How probabilities are computed: the fitted temperatures and gate, or τ = 1 without them.</summary>
+    public ConfidenceCalibration Confidence => Record.Confidence ?? ConfidenceCalibration.Uncalibrated;
+
+    /// <summary>This model with other temperatures, gate and recommended policy (thresholds and settings unchanged).</summary>
+    public ConvertedModel WithConfidence(ConfidenceCalibration? confidence, Protos.StopPolicy? recommended, RecommendedStopStats? stats) =>
+        new(Weights, Thresholds, Record with
+        {
+            Confidence = confidence is null || !confidence.IsCalibrated ? null : confidence,
+            RecommendedStop = recommended,
+            RecommendedStopValidation = stats,
+        });
 
     /// <summary>Calibrates thresholds on <paramref name="calibration"/> images and converts.</summary>
     public static ConvertedModel Convert(VitWeights weights, ImageSet calibration, ConversionSettings settings,
@@ -56,6 +73,19 @@ public sealed class ConvertedModel(VitWeights weights, ModelThresholds threshold
         var record = JsonSerializer.Deserialize<ConversionRecord>(File.ReadAllText(recordPath), VitConfig.Json)
             ?? throw new InvalidDataException($"{recordPath} is empty");
         record.Settings.Validate();
+        try
+        {
+            record.Confidence?.Validate();
+            record.RecommendedStop?.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{recordPath}: {e.Message}", e);
+        }
+        if (record.RecommendedStop is { IsRecommended: true })
+            throw new InvalidDataException($"{recordPath}: recommended_stop must be a policy of its own, not 'recommended'");
+        if (record.RecommendedStop?.MinGate is not null && record.Confidence?.Gate is null)
+            throw new InvalidDataException($"{recordPath}: recommended_stop uses the gate, but the conversion has none");
         var tensors = SafeTensors.Load(Path.Combine(directory, ThresholdsFile));
         var thresholds = new ModelThresholds(weights.Config.Depth);
         var expected = new HashSet<string>(StringComparer.Ordinal);

@@ -13,8 +13,12 @@ public static class SyntheticModels
     public static VitConfig Config(string name, int embedDim = 16, int depth = 1, int heads = 2, double mlpRatio = 2, int patchSize = 7) =>
         FashionMnist.SmallVit(embedDim, depth, heads, mlpRatio, patchSize) with { Name = name };
 
-    /// <summary>Random weights, thresholds calibrated (per tensor) on <paramref name="calibrationImages"/> random images; saved to <paramref name="directory"/>.</summary>
-    public static ConvertedModel Create(string directory, VitConfig config, int seed = 1, int calibrationImages = 8)
+    /// <summary>
+    /// Random weights, thresholds calibrated (per tensor) on <paramref name="calibrationImages"/> random images; with
+    /// <paramref name="fitSteps"/> > 0 also temperatures, a gate and a recommended stop policy fitted on 16 other random
+    /// images with random labels over that many steps (the reference backend). Saved to <paramref name="directory"/>.
+    /// </summary>
+    public static ConvertedModel Create(string directory, VitConfig config, int seed = 1, int calibrationImages = 8, int fitSteps = 0)
     {
         var weights = VitWeights.Random(config, seed);
         var rng = new Random(seed);
@@ -23,6 +27,15 @@ public static class SyntheticModels
         var labels = new byte[calibrationImages];
         var images = new ImageSet(pixels, labels, config.InChannels, config.ImageSize, config.ImageSize, $"random(seed {seed})");
         var converted = ConvertedModel.Convert(weights, images, ConversionSettings.Calibrated(), batchSize: calibrationImages);
+        if (fitSteps > 0)
+        {
+            const int count = 16;
+            var validationPixels = new byte[count * config.PixelsPerImage];
+            rng.NextBytes(validationPixels);
+            var validationLabels = Enumerable.Range(0, count).Select(_ => (byte)rng.Next(config.NumClasses)).ToArray();
+            var validation = new ImageSet(validationPixels, validationLabels, config.InChannels, config.ImageSize, config.ImageSize, $"random(seed {seed}, validation)");
+            converted = Evaluation.ConfidenceFit.Calibrate(converted, validation, () => new Kernels.Reference.ReferenceBackend(), fitSteps, batchSize: count);
+        }
         converted.Save(directory);
         return converted;
     }

@@ -1,21 +1,26 @@
 using Ecmt.Engine.Ann;
+using Ecmt.Engine.Conversion;
 using Ecmt.Engine.Data;
 using Ecmt.Engine.Simulation;
 using Ecmt.Kernels;
+using Ecmt.Protos;
 
 namespace Ecmt.Engine.Evaluation;
 
 /// <summary>Per-image, per-step record of a spiking run: what was predicted and how confident, for every t.</summary>
-public sealed class EvaluationResult(int images, int steps)
+public sealed class EvaluationResult(int images, int steps, int classes)
 {
     public int Images { get; } = images;
     public int Steps { get; } = steps;
+    public int Classes { get; } = classes;
     public byte[] Labels { get; } = new byte[images];
+    /// <summary>(images, classes): the ANN's logits.</summary>
+    public float[] AnnLogits { get; } = new float[images * classes];
+    /// <summary>(images, steps, classes): the head output accumulated over steps 1..t (not divided by t).</summary>
+    public float[] Logits { get; } = new float[(long)images * steps * classes];
     public int[] AnnPredictions { get; } = new int[images];
     /// <summary>(images, steps): argmax of the accumulated logits after t steps.</summary>
     public int[,] Predictions { get; } = new int[images, steps];
-    /// <summary>(images, steps): top-1 probability of softmax(accumulated logits / t).</summary>
-    public float[,] Confidence { get; } = new float[images, steps];
     /// <summary>(images, steps): cumulative synaptic operations.</summary>
     public long[,] Sops { get; } = new long[images, steps];
     /// <summary>(steps): mean over images of max |accumulated logits / t − ANN logits|.</summary>
@@ -38,24 +43,53 @@ public sealed class EvaluationResult(int images, int steps)
 
     double MeanSops(int t) => Enumerable.Range(0, Images).Average(i => (double)Sops[i, t]);
 
-    /// <summary>
-    /// Early exit: each image stops at the first step whose top-1 probability reaches <paramref name="threshold"/>
-    /// and whose top-1 class has been the same for the last <paramref name="confirmSteps"/> steps (1: no confirmation),
-    /// else at the last step; returns top-1 over the stopped predictions, the mean steps used and their mean energy ratio.
-    /// </summary>
-    public (double Top1, double MeanSteps, double EnergyRatio) EarlyExit(double threshold, int confirmSteps = 1)
+    /// <summary>(classes): image i's accumulated logits after step t (1-based).</summary>
+    public ReadOnlySpan<float> LogitsAt(int image, int t) => Logits.AsSpan((int)(((long)image * Steps + t - 1) * Classes), Classes);
+
+    /// <summary>(images, steps): what a stop policy reads after every step, with the given calibration.</summary>
+    public StopSignal[,] Signals(ConfidenceCalibration calibration)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(confirmSteps, 1);
+        var signals = new StopSignal[Images, Steps];
+        Parallel.For(0, Images, i =>
+        {
+            var tracker = calibration.Track(Classes);
+            for (int t = 1; t <= Steps; t++) signals[i, t - 1] = tracker.Observe(LogitsAt(i, t), t);
+        });
+        return signals;
+    }
+
+    /// <summary>
+    /// Early exit: each image stops at the first step where <paramref name="policy"/> holds (one tracker per image, as
+    /// the server runs it), else at the last step; top-1 over the stopped predictions, mean steps and energy ratio.
+    /// </summary>
+    public PolicyOutcome EarlyExit(StopPolicy policy, StopSignal[,] signals)
+    {
         int correct = 0;
         double steps = 0, sops = 0;
         for (int i = 0; i < Images; i++)
         {
-            int t = 0, same = 1;
-            while (t < Steps - 1 && (Confidence[i, t] < threshold || same < confirmSteps))
-            {
-                t++;
-                same = Predictions[i, t] == Predictions[i, t - 1] ? same + 1 : 1;
-            }
+            var tracker = policy.Track();
+            int t = 0;
+            while (t < Steps - 1 && !tracker.Observe(signals[i, t])) t++;
+            if (signals[i, t].Prediction == Labels[i]) correct++;
+            steps += t + 1;
+            sops += Sops[i, t];
+        }
+        return new PolicyOutcome(policy, (double)correct / Images, steps / Images, Energy.AccumulateOverMac * sops / Images / DenseOperationsPerStep);
+    }
+
+    /// <summary>
+    /// The oracle bound: each image stops at the first step from which its top-1 no longer changes up to the last
+    /// step (a rule no client can run: it knows the future). Top-1, mean steps and energy ratio.
+    /// </summary>
+    public (double Top1, double MeanSteps, double EnergyRatio) Oracle()
+    {
+        int correct = 0;
+        double steps = 0, sops = 0;
+        for (int i = 0; i < Images; i++)
+        {
+            int t = Steps - 1;
+            while (t > 0 && Predictions[i, t - 1] == Predictions[i, Steps - 1]) t--;
             if (Predictions[i, t] == Labels[i]) correct++;
             steps += t + 1;
             sops += Sops[i, t];
@@ -71,7 +105,7 @@ public static class Evaluator
         int workers = 1, IProgress<int>? progress = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
-        var result = new EvaluationResult(images.Count, steps) { DenseOperationsPerStep = model.DenseOperationsPerStep };
+        var result = new EvaluationResult(images.Count, steps, model.Config.NumClasses) { DenseOperationsPerStep = model.DenseOperationsPerStep };
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var logitError = new double[steps];
         int done = 0;
@@ -93,6 +127,7 @@ public static class Evaluator
                 {
                     result.Labels[start + i] = images.Labels[start + i];
                     result.AnnPredictions[start + i] = ArgMax(ann.AsSpan(i * classes, classes));
+                    ann.AsSpan(i * classes, classes).CopyTo(result.AnnLogits.AsSpan((start + i) * classes));
                 }
                 session.Reset(pixels);
                 for (int t = 0; t < steps; t++)
@@ -101,9 +136,9 @@ public static class Evaluator
                     for (int i = 0; i < count; i++)
                     {
                         result.Predictions[start + i, t] = output.Prediction(i);
-                        result.Confidence[start + i, t] = output.Probabilities(i).Max();
                         result.Sops[start + i, t] = output.Sops[i];
                         var logits = output.Logits(i);
+                        logits.CopyTo(result.Logits.AsSpan((int)(((long)(start + i) * steps + t) * classes)));
                         double worst = 0;
                         for (int k = 0; k < classes; k++) worst = Math.Max(worst, Math.Abs(logits[k] / (t + 1) - ann[i * classes + k]));
                         localError[t] += worst;

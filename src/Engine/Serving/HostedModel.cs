@@ -55,6 +55,11 @@ public sealed class HostedModel : IDisposable
     public string? Error { get; private set; }
     /// <summary>The conversion settings, once loaded.</summary>
     public ConversionSettings? Settings => _model?.Converted.Settings;
+    /// <summary>Temperatures and gate, once loaded (<see cref="ConfidenceCalibration.Uncalibrated"/> without them).</summary>
+    public ConfidenceCalibration? Confidence => _model?.Converted.Confidence;
+    /// <summary>The policy chosen at conversion on validation images, and how it measured there; null without one.</summary>
+    public Protos.StopPolicy? RecommendedStop => _model?.Converted.Record.RecommendedStop;
+    public RecommendedStopStats? RecommendedStopValidation => _model?.Converted.Record.RecommendedStopValidation;
     /// <summary>What runs the steps, e.g. "reference" or "cuda (NVIDIA H200)", once loaded.</summary>
     public string? BackendName { get; private set; }
 
@@ -96,15 +101,19 @@ public sealed class HostedModel : IDisposable
 
     /// <summary>
     /// Classifies one image: intensities (C, H, W) in [0, 1] (see <see cref="ImageInput"/>). Yields one result per step
-    /// until <paramref name="maxSteps"/> or the stop policy; the last result carries the stop reason.
-    /// Cancelling <paramref name="cancellationToken"/> stops before the next step and throws <see cref="OperationCanceledException"/>.
+    /// until <paramref name="maxSteps"/> or the stop policy (<see cref="Protos.StopPolicy.Recommended"/>: the model's
+    /// own); the last result carries the stop reason. Cancelling <paramref name="cancellationToken"/> stops before the
+    /// next step and throws <see cref="OperationCanceledException"/>.
     /// </summary>
-    public async IAsyncEnumerable<StepResult> ClassifyAsync(float[] intensities, int maxSteps, StopPolicy stop,
+    /// <exception cref="ArgumentException">a stop rule is out of its range</exception>
+    /// <exception cref="StopPolicyUnavailableException">the policy needs a recommended policy or a gate the model lacks</exception>
+    public async IAsyncEnumerable<StepResult> ClassifyAsync(float[] intensities, int maxSteps, Protos.StopPolicy stop,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSteps, 1);
         stop.Validate();
         var model = RequireReady();
+        stop = Resolve(stop, model.Converted);
         var normalised = ImageInput.Normalise(intensities, model.Config);
         cancellationToken.ThrowIfCancellationRequested();
         // Keep the caller's thread free of the first step's compute.
@@ -113,7 +122,8 @@ public sealed class HostedModel : IDisposable
         var run = new RunState(Stopwatch.GetTimestamp());
         using var registration = cancellationToken.Register(static s => ((RunState)s!).MarkCancelled(), run);
         var lease = Rent(model);
-        var tracker = new StopPolicy.Tracker(stop);
+        var predictions = model.Converted.Confidence.Track(model.Config.NumClasses);
+        var tracker = stop.Track();
         var reason = StopReason.None;
         Exception? error = null;
         try
@@ -138,8 +148,9 @@ public sealed class HostedModel : IDisposable
                 run.StepDone();
                 Interlocked.Increment(ref _stepsRun);
                 _metrics.Step(Name, ms);
-                var result = new StepResult(output, model.Config.ClassNames, ms);
-                var stopNow = tracker.Observe(result.Prediction, result.Confidence);
+                var signal = predictions.Observe(output.Logits(0), output.Step);
+                var result = new StepResult(output, predictions, signal, model.Config.ClassNames, ms);
+                var stopNow = tracker.Observe(signal) ? StopReasons.When(stop) : StopReason.None;
                 if (stopNow == StopReason.None && t == maxSteps) stopNow = StopReason.MaxSteps;
                 result.StopReason = reason = stopNow;
                 yield return result;
@@ -151,9 +162,20 @@ public sealed class HostedModel : IDisposable
             // A session whose backend failed mid-step is not reused.
             Return(lease, healthy: error is null, countInUse: true);
             var summary = run.Summary(Name, maxSteps, reason, cancellationToken.IsCancellationRequested, error);
-            _metrics.RunEnded(Name, summary.Outcome, summary.StopReason is StopReason.Confident or StopReason.Stable || summary.Cancelled ? maxSteps - summary.StepsRun : 0);
+            _metrics.RunEnded(Name, summary.Outcome, summary.StopReason is StopReason.Confident or StopReason.Stable or StopReason.Policy || summary.Cancelled ? maxSteps - summary.StepsRun : 0);
             RunCompleted?.Invoke(summary);
         }
+    }
+
+    /// <summary>The policy to track: the model's recommended one when asked for; refuses rules the model cannot apply.</summary>
+    static Protos.StopPolicy Resolve(Protos.StopPolicy stop, ConvertedModel converted)
+    {
+        if (stop.IsRecommended)
+            stop = converted.Record.RecommendedStop
+                ?? throw new StopPolicyUnavailableException($"model '{converted.Name}' has no recommended stop policy (convert it with validation images to choose one)");
+        if (stop.MinGate is not null && converted.Confidence.Gate is null)
+            throw new StopPolicyUnavailableException($"model '{converted.Name}' has no gate: stop.min_gate cannot apply");
+        return stop;
     }
 
     SpikingModel RequireReady() => State switch

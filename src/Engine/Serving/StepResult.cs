@@ -6,18 +6,21 @@ namespace Ecmt.Engine.Serving;
 public readonly record struct ClassScore(int Index, string Name, float Probability);
 
 /// <summary>
-/// What a client sees after step t of one image: probabilities softmax(accumulated logits / t) (classes), the
-/// cumulative synaptic operations and energy over steps 1..t, the time the step took, and on the last step why
-/// the run ended.
+/// What a client sees after step t of one image: the calibrated probabilities softmax(accumulated logits / (t·τ_t))
+/// (classes), the margin and the gate, the cumulative synaptic operations and energy over steps 1..t, the time the
+/// step took, and on the last step why the run ended.
 /// </summary>
 public sealed class StepResult
 {
-    internal StepResult(StepOutput output, IReadOnlyList<string> classNames, double stepMilliseconds)
+    internal StepResult(StepOutput output, Conversion.PredictionTracker tracker, Protos.StopSignal signal, IReadOnlyList<string> classNames, double stepMilliseconds)
     {
         Step = output.Step;
-        Probabilities = output.Probabilities(0);
-        Prediction = output.Prediction(0);
-        Confidence = Probabilities[Prediction];
+        Probabilities = tracker.Probabilities.ToArray();
+        Prediction = signal.Prediction;
+        Confidence = signal.Confidence;
+        Margin = signal.Margin;
+        Gate = signal.Gate;
+        Signal = signal;
         SynapticOperations = output.Sops[0];
         EnergyRatio = output.EnergyRatio(0);
         FiringRate = output.FiringRate(0);
@@ -28,11 +31,17 @@ public sealed class StepResult
     readonly IReadOnlyList<string> _classNames;
 
     public int Step { get; }
-    /// <summary>(classes): softmax of the accumulated logits divided by t.</summary>
+    /// <summary>(classes): the calibrated probabilities, softmax(accumulated logits / (t·τ_t)).</summary>
     public float[] Probabilities { get; }
     /// <summary>argmax of the accumulated logits.</summary>
     public int Prediction { get; }
     public float Confidence { get; }
+    /// <summary>Top-1 minus top-2 calibrated probability.</summary>
+    public float Margin { get; }
+    /// <summary>The model's gate (its estimate that the top-1 is final), or null when it has none.</summary>
+    public float? Gate { get; }
+    /// <summary>What a stop policy read at this step.</summary>
+    public Protos.StopSignal Signal { get; }
     public long SynapticOperations { get; }
     public double EnergyRatio { get; }
     public double FiringRate { get; }
@@ -62,11 +71,12 @@ public sealed record RunSummary(
     string Model, int MaxSteps, int StepsRun, StopReason StopReason, bool Cancelled, int? StepsAfterCancellation,
     TimeSpan Elapsed, Exception? Error)
 {
-    /// <summary>max_steps, confident, stable, cancelled or failed.</summary>
+    /// <summary>max_steps, confident, stable, policy, cancelled or failed.</summary>
     public string Outcome => Error is not null ? "failed" : Cancelled ? "cancelled" : StopReason switch
     {
         StopReason.Confident => "confident",
         StopReason.Stable => "stable",
+        StopReason.Policy => "policy",
         StopReason.MaxSteps => "max_steps",
         _ => "abandoned",
     };

@@ -11,6 +11,52 @@ public sealed record SpikingBlock(
     MultiThresholdNeuron SNeuron, MultiThresholdNeuron FcOutNeuron, LinearLayer Proj,
     LayerNormLayer Norm2, MultiThresholdNeuron Fc1Neuron, LinearLayer Fc1, MultiThresholdNeuron Fc2Neuron, LinearLayer Fc2);
 
+/// <summary>The expectation-compensation modules whose output an <see cref="Ablation"/> can replace by the ANN's value.</summary>
+public enum EcModule
+{
+    /// <summary>EC-LN1, whose output the fc_qkv neurons spike.</summary>
+    Ln1,
+    /// <summary>EC-softmax, whose output the s neurons spike.</summary>
+    Softmax,
+    /// <summary>EC(A·V), whose output the fc_out neurons spike.</summary>
+    AttentionValues,
+    /// <summary>EC-LN2, whose output the fc1 neurons spike.</summary>
+    Ln2,
+    /// <summary>EC-GELU, whose output the fc2 neurons spike.</summary>
+    Gelu,
+}
+
+/// <summary>
+/// A diagnostic: places made exact, one kind of error removed at a time, in every block.
+/// <para>
+/// An exact neuron place is lossless: its neurons pass their whole membrane on at every step instead of one spike of
+/// one level (the reference backend only), so the place adds no quantisation error; what reaches it still carries
+/// every error made before it. An exact EC module emits the ANN's value of its output at every step (so its running
+/// output is exactly t × the ANN's activation there), which removes every error made before that point in the
+/// branch it feeds; the neurons after it still quantise. The residual stream, the Q·Kᵀ product and the final
+/// LayerNorm are not replaced.
+/// </para>
+/// </summary>
+public sealed record Ablation(IReadOnlySet<Place> LosslessPlaces, IReadOnlySet<EcModule> AnnValues)
+{
+    public static readonly Ablation None = new(new HashSet<Place>(), new HashSet<EcModule>());
+
+    public bool IsNone => LosslessPlaces.Count == 0 && AnnValues.Count == 0;
+
+    /// <summary>The neuron place whose input an EC module produces (the ANN observes its values there).</summary>
+    public static Place PlaceAfter(EcModule module) => module switch
+    {
+        EcModule.Ln1 => Place.FcQkv,
+        EcModule.Softmax => Place.S,
+        EcModule.AttentionValues => Place.FcOut,
+        EcModule.Ln2 => Place.Fc1,
+        _ => Place.Fc2,
+    };
+
+    public override string ToString() => IsNone ? "none" : string.Join(", ",
+        LosslessPlaces.Order().Select(p => p.Key()).Concat(AnnValues.Order().Select(m => $"EC {m}")));
+}
+
 /// <summary>
 /// A converted model laid out for simulation: every layer as a backend <see cref="LinearLayer"/> or
 /// <see cref="LayerNormLayer"/>, every place's thresholds as a <see cref="MultiThresholdNeuron"/>.
@@ -18,9 +64,10 @@ public sealed record SpikingBlock(
 /// </summary>
 public sealed class SpikingModel
 {
-    public SpikingModel(ConvertedModel converted)
+    public SpikingModel(ConvertedModel converted, Ablation? ablation = null)
     {
         Converted = converted;
+        Ablation = ablation ?? Ablation.None;
         var c = converted.Config;
         var w = converted.Weights;
         Ann = new ReferenceVit(w);
@@ -28,9 +75,9 @@ public sealed class SpikingModel
         {
             var b = w.Blocks[i];
             return new SpikingBlock(
-                Norm(b.Norm1, c), Neuron(converted, i, Place.FcQkv, 1), Linear(b.Qkv), QkvNeuron(converted, i),
-                Neuron(converted, i, Place.S, c.Tokens * c.Tokens), Neuron(converted, i, Place.FcOut, 1), Linear(b.Proj),
-                Norm(b.Norm2, c), Neuron(converted, i, Place.Fc1, 1), Linear(b.Fc1), Neuron(converted, i, Place.Fc2, 1), Linear(b.Fc2));
+                Norm(b.Norm1, c), Neuron(i, Place.FcQkv, 1), Linear(b.Qkv), QkvNeuron(i),
+                Neuron(i, Place.S, c.Tokens * c.Tokens), Neuron(i, Place.FcOut, 1), Linear(b.Proj),
+                Norm(b.Norm2, c), Neuron(i, Place.Fc1, 1), Linear(b.Fc1), Neuron(i, Place.Fc2, 1), Linear(b.Fc2));
         }).ToArray();
         FinalNorm = Norm(w.Norm, c);
         Head = Linear(w.Head);
@@ -38,6 +85,8 @@ public sealed class SpikingModel
     }
 
     public ConvertedModel Converted { get; }
+    /// <summary>Places made exact for a diagnostic; <see cref="Ablation.None"/> for the model as converted.</summary>
+    public Ablation Ablation { get; }
     public VitConfig Config => Converted.Config;
     public string Name => Converted.Name;
     public ReferenceVit Ann { get; }
@@ -62,22 +111,26 @@ public sealed class SpikingModel
 
     static LayerNormLayer Norm(NormWeights w, VitConfig c) => new(w.Weight.Data, w.Bias.Data, c.LayerNormEps);
 
-    static MultiThresholdNeuron Neuron(ConvertedModel m, int block, Place place, int perTensorInner)
+    MultiThresholdNeuron Neuron(int block, Place place, int perTensorInner)
     {
+        var m = Converted;
         var t = m.Thresholds[block, place];
         // Per channel: groups are the last dimension (inner 1), except at s where they are heads (inner N·N).
         int inner = t.Groups == 1 ? 1 : perTensorInner;
-        return new MultiThresholdNeuron(m.Settings.LevelsAt(place), t.Pos, t.Neg, inner);
+        return new MultiThresholdNeuron(m.Settings.LevelsAt(place), t.Pos, t.Neg, inner, m.Settings.SpikeRounding) { Lossless = Ablation.LosslessPlaces.Contains(place) };
     }
 
     /// <summary>q, k and v spike in one (B, N, 3D) tensor: three groups of D channels, or 3D per-channel groups.</summary>
-    static MultiThresholdNeuron QkvNeuron(ConvertedModel m, int block)
+    MultiThresholdNeuron QkvNeuron(int block)
     {
+        var m = Converted;
         var parts = new[] { Place.Q, Place.K, Place.V }.Select(p => m.Thresholds[block, p]).ToArray();
         var levels = new[] { Place.Q, Place.K, Place.V }.Select(m.Settings.LevelsAt).Distinct().ToArray();
         if (levels.Length != 1) throw new NotSupportedException("q, k and v must have the same number of levels");
         int d = m.Config.EmbedDim;
+        var lossless = new[] { Place.Q, Place.K, Place.V }.Count(Ablation.LosslessPlaces.Contains);
+        if (lossless is 1 or 2) throw new NotSupportedException("q, k and v spike in one tensor: make all three lossless or none");
         return new MultiThresholdNeuron(levels[0], parts.SelectMany(p => p.Pos).ToArray(), parts.SelectMany(p => p.Neg).ToArray(),
-            inner: parts[0].Groups == 1 ? d : 1);
+            inner: parts[0].Groups == 1 ? d : 1, m.Settings.SpikeRounding) { Lossless = lossless == 3 };
     }
 }

@@ -30,16 +30,6 @@ public sealed class StepOutput(int step, int images, int classes, long denseOper
         return best;
     }
 
-    /// <summary>softmax(accumulated logits / t): the class probabilities after t steps.</summary>
-    public float[] Probabilities(int image)
-    {
-        var p = new float[Classes];
-        var logits = Logits(image);
-        for (int c = 0; c < Classes; c++) p[c] = logits[c] / Step;
-        Kernels.Reference.ReferenceMath.Softmax(p, p);
-        return p;
-    }
-
     /// <summary>Σ SOPs / Σ dense operations over steps 1..t (ECMT.md section 5).</summary>
     public double FiringRate(int image) => (double)Sops[image] / ((double)DenseOperationsPerStep * Step);
 
@@ -69,6 +59,8 @@ public sealed class SpikingSession : IDisposable
     readonly EcState _finalNorm;
     readonly StepCounters _counters;
     readonly float[] _embedHost;
+    // (depth, EC modules): the ANN's output of each module an ablation replaces, for the current images; else null.
+    readonly DeviceTensor?[,]? _annValues;
 
     sealed record BlockState(
         EcState Ln1, DeviceTensor FcQkvMembrane, SpikeTensor FcQkvSpikes,
@@ -108,6 +100,18 @@ public sealed class SpikingSession : IDisposable
             Ec(b, n, d), State(b, n, d), Spikes(blk.Fc1Neuron, b, n, d), Ec(b, n, f), State(b, n, f), Spikes(blk.Fc2Neuron, b, n, f)))
             .ToArray();
         _finalNorm = Ec(b, d);
+        if (model.Ablation.AnnValues.Count > 0)
+        {
+            _annValues = new DeviceTensor?[c.Depth, Enum.GetValues<EcModule>().Length];
+            for (int l = 0; l < c.Depth; l++)
+                foreach (var module in model.Ablation.AnnValues)
+                    _annValues[l, (int)module] = module switch
+                    {
+                        EcModule.Softmax => Tensor(b, h, n, n),
+                        EcModule.Gelu => Tensor(b, n, f),
+                        _ => Tensor(b, n, d),
+                    };
+        }
         _counters = backend.AllocateCounters(b);
         _owned.Add(_counters);
     }
@@ -125,6 +129,14 @@ public sealed class SpikingSession : IDisposable
     {
         _model.Ann.Embed(images, Images).CopyTo(_embedHost, 0);
         _backend.Upload(_embedHost, _embed);
+        if (_annValues is not null)
+        {
+            _model.Ann.Forward(images, Images, (block, place, values, _) =>
+            {
+                foreach (var module in _model.Ablation.AnnValues)
+                    if (Ablation.PlaceAfter(module) == place) _backend.Upload(values, _annValues[block, (int)module]!);
+            });
+        }
         foreach (var block in _blocks)
         {
             foreach (var tensor in new[]
@@ -157,21 +169,26 @@ public sealed class SpikingSession : IDisposable
             var s = _blocks[l];
             // Attention: x += proj(MT(EC(A·V)))  with  A = MT(EC-softmax(EC(Q·Kᵀ))),  q, k, v = MT(qkv(MT(EC-LN1(x))))
             be.LayerNormEc(_x, s.Ln1, w.Norm1, t, _h);
+            AnnValue(l, EcModule.Ln1, _h);
             be.Fire(_h, s.FcQkvMembrane, s.FcQkvSpikes, _counters, fanOut: w.Qkv.Out);
             be.SpikeLinear(s.FcQkvSpikes, w.Qkv, _qkv);
             be.Fire(_qkv, s.QkvMembrane, s.QkvSpikes, _counters, fanOut: 0);
             be.AttentionScoresEc(s.QkvSpikes, s.QkvSums, s.ScoreProducts, c.NumHeads, scale, t, _scores, _counters);
             be.SoftmaxEc(_scores, s.Softmax, t, _probs);
+            AnnValue(l, EcModule.Softmax, _probs);
             be.Fire(_probs, s.SMembrane, s.SSpikes, _counters, fanOut: 0);
             be.AttentionValuesEc(s.SSpikes, s.SSums, s.QkvSpikes, s.QkvSums, s.ValueProducts, c.NumHeads, t, _attn, _counters);
+            AnnValue(l, EcModule.AttentionValues, _attn);
             be.Fire(_attn, s.FcOutMembrane, s.FcOutSpikes, _counters, fanOut: w.Proj.Out);
             be.SpikeLinear(s.FcOutSpikes, w.Proj, _residual);
             be.Add(_x, _residual);
             // MLP: x += fc2(MT(EC-GELU(fc1(MT(EC-LN2(x))))))
             be.LayerNormEc(_x, s.Ln2, w.Norm2, t, _h);
+            AnnValue(l, EcModule.Ln2, _h);
             be.Fire(_h, s.Fc1Membrane, s.Fc1Spikes, _counters, fanOut: w.Fc1.Out);
             be.SpikeLinear(s.Fc1Spikes, w.Fc1, _hidden);
             be.GeluEc(_hidden, s.Gelu, t, _gelu);
+            AnnValue(l, EcModule.Gelu, _gelu);
             be.Fire(_gelu, s.Fc2Membrane, s.Fc2Spikes, _counters, fanOut: w.Fc2.Out);
             be.SpikeLinear(s.Fc2Spikes, w.Fc2, _residual);
             be.Add(_x, _residual);
@@ -186,6 +203,12 @@ public sealed class SpikingSession : IDisposable
         be.Download(_accumulated, output.AccumulatedLogits);
         be.ReadCounters(_counters, output.Spikes, output.Sops);
         return output;
+    }
+
+    /// <summary>An ablation's hook: the EC module's output becomes the ANN's value there (every step adds it once).</summary>
+    void AnnValue(int block, EcModule module, DeviceTensor output)
+    {
+        if (_annValues?[block, (int)module] is { } ann) _backend.Copy(ann, output);
     }
 
     /// <summary>Spike codes of one place of one block after the last step (tests and diagnostics).</summary>

@@ -92,7 +92,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     static Spikes S(SpikeTensor s) => (Spikes)s;
 
     public DeviceTensor Allocate(params int[] shape) => new Tensor(shape);
-    public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) => new Spikes(neuron, shape);
+    public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) =>
+        neuron.Lossless ? throw new NotSupportedException("lossless neurons (a diagnostic) run on the reference backend only") : new Spikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => new Counters(images);
 
     public void Upload(ReadOnlySpan<float> source, DeviceTensor destination) => source.CopyTo(T(destination).Span);

@@ -68,8 +68,8 @@ sealed unsafe class NeuronTables
                 float lp = neuron.LambdaPos[g], ln = neuron.LambdaNeg[g];
                 for (int k = 0; k < n; k++)
                 {
-                    row[k * Stride] = MultiThresholdNeuron.Threshold(lp, k);
-                    row[(n + k) * Stride] = -MultiThresholdNeuron.Threshold(ln, k);
+                    row[k * Stride] = MultiThresholdNeuron.Threshold(lp, k, neuron.Rounding);
+                    row[(n + k) * Stride] = -MultiThresholdNeuron.Threshold(ln, k, neuron.Rounding);
                 }
                 row[2 * n * Stride] = lp;
                 row[(2 * n + 1) * Stride] = -ln;
@@ -91,10 +91,10 @@ sealed unsafe class NeuronTables
                     float* block = t + side * 64;
                     for (int c = 0; c < 16; c++)
                     {
-                        block[c] = c < n ? MultiThresholdNeuron.Threshold(lambda, c) : float.PositiveInfinity;
-                        block[16 + c] = c >= 1 && c <= n ? MultiThresholdNeuron.Threshold(lambda, c - 1) : float.NegativeInfinity;
+                        block[c] = c < n ? MultiThresholdNeuron.Threshold(lambda, c, neuron.Rounding) : float.PositiveInfinity;
+                        block[16 + c] = c >= 1 && c <= n ? MultiThresholdNeuron.Threshold(lambda, c - 1, neuron.Rounding) : float.NegativeInfinity;
                         block[32 + c] = 1f / lambda;
-                        block[48 + c] = MultiThresholdNeuron.Threshold(lambda, 0);
+                        block[48 + c] = MultiThresholdNeuron.Threshold(lambda, 0, neuron.Rounding);
                     }
                 }
                 for (int c = 0; c < 16; c++)

@@ -10,9 +10,12 @@ readonly struct NeuronView
 {
     public readonly ArrayView<float> LambdaPos, LambdaNeg;
     public readonly int Levels, Inner, Groups;
+    /// <summary>1 for <see cref="SpikeRounding.Nearest"/>, 0 for <see cref="SpikeRounding.HalfBase"/>.</summary>
+    public readonly int Nearest;
 
-    public NeuronView(ArrayView<float> lambdaPos, ArrayView<float> lambdaNeg, int levels, int inner, int groups)
+    public NeuronView(ArrayView<float> lambdaPos, ArrayView<float> lambdaNeg, int levels, int inner, int groups, SpikeRounding rounding)
     {
+        Nearest = rounding == SpikeRounding.Nearest ? 1 : 0;
         LambdaPos = lambdaPos;
         LambdaNeg = lambdaNeg;
         Levels = levels;
@@ -35,7 +38,8 @@ readonly struct NeuronView
 
     /// <summary>
     /// <see cref="MultiThresholdNeuron.Fire"/> on the device: the membrane already holds this step's input; fires the
-    /// largest level whose threshold λ·2^k − λ/2 it reaches (positive side first) and resets by subtraction.
+    /// largest level whose threshold (<see cref="MultiThresholdNeuron.Threshold"/>) it reaches (positive side first)
+    /// and resets by subtraction.
     /// </summary>
     public sbyte Fire(ref float membrane, int index)
     {
@@ -43,7 +47,7 @@ readonly struct NeuronView
         float lp = LambdaPos[g], ln = LambdaNeg[g];
         for (int k = Levels - 1; k >= 0; k--)
         {
-            if (membrane >= lp * Pow2(k) - 0.5f * lp)
+            if (membrane >= Threshold(lp, k))
             {
                 membrane -= lp * Pow2(k);
                 return (sbyte)(k + 1);
@@ -51,7 +55,7 @@ readonly struct NeuronView
         }
         for (int k = Levels - 1; k >= 0; k--)
         {
-            if (membrane <= -(ln * Pow2(k) - 0.5f * ln))
+            if (membrane <= -Threshold(ln, k))
             {
                 membrane += ln * Pow2(k);
                 return (sbyte)-(k + 1);
@@ -59,6 +63,9 @@ readonly struct NeuronView
         }
         return 0;
     }
+
+    /// <summary><see cref="MultiThresholdNeuron.Threshold"/>, the same float operations.</summary>
+    float Threshold(float lambda, int k) => Nearest != 0 && k > 0 ? 0.75f * lambda * Pow2(k) : lambda * Pow2(k) - 0.5f * lambda;
 }
 
 /// <summary>Four floats held in registers: one row of a thread's 4×4 micro-tile in the tiled products.</summary>

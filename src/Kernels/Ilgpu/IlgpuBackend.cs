@@ -162,6 +162,7 @@ public sealed class IlgpuBackend : ISpikingBackend
 
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape)
     {
+        if (neuron.Lossless) throw new NotSupportedException("lossless neurons (a diagnostic) run on the reference backend only");
         Bind();
         return new Spikes(this, neuron, shape);
     }

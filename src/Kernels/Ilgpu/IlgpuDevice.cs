@@ -220,7 +220,7 @@ sealed class IlgpuDevice
     public NeuronView Neuron(MultiThresholdNeuron neuron)
     {
         var r = Upload(_neurons, neuron, n => [n.LambdaPos, n.LambdaNeg]);
-        return new NeuronView(r.Buffers[0].View, r.Buffers[1].View, neuron.Levels, neuron.Inner, neuron.Groups);
+        return new NeuronView(r.Buffers[0].View, r.Buffers[1].View, neuron.Levels, neuron.Inner, neuron.Groups, neuron.Rounding);
     }
 
     /// <summary>The cache entry id of a layer's device copy, or −1 when it has none (tests).</summary>

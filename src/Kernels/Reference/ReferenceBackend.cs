@@ -19,10 +19,13 @@ public sealed class ReferenceBackend : ISpikingBackend
     sealed class Spikes(MultiThresholdNeuron neuron, int[] shape) : SpikeTensor(shape, neuron)
     {
         public readonly sbyte[] Codes = new sbyte[shape.Aggregate(1L, (a, b) => a * b)];
+        /// <summary>A lossless neuron's exact outputs (its codes only mark which are non-zero).</summary>
+        public readonly float[]? Exact = neuron.Lossless ? new float[shape.Aggregate(1L, (a, b) => a * b)] : null;
 
         /// <summary>The value of every spike, as floats shaped like the codes.</summary>
         public float[] Values()
         {
+            if (Exact is not null) return (float[])Exact.Clone();
             var values = new float[Codes.Length];
             for (long i = 0; i < Codes.Length; i++) values[i] = Neuron.Value(Codes[i], Neuron.GroupOf(i));
             return values;
@@ -94,7 +97,12 @@ public sealed class ReferenceBackend : ISpikingBackend
             for (long i = image * perImage; i < (image + 1) * perImage; i++)
             {
                 v[i] += x[i];
-                s.Codes[i] = s.Neuron.Fire(ref v[i], s.Neuron.GroupOf(i));
+                if (s.Exact is not null)
+                {
+                    (s.Exact[i], v[i]) = (v[i], 0f);
+                    s.Codes[i] = (sbyte)(s.Exact[i] == 0 ? 0 : 1);
+                }
+                else s.Codes[i] = s.Neuron.Fire(ref v[i], s.Neuron.GroupOf(i));
                 if (s.Codes[i] != 0) fired++;
             }
             c.Spikes[image] += fired;

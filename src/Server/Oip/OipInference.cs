@@ -7,7 +7,7 @@ using Google.Protobuf;
 using Google.Protobuf.Collections;
 using Grpc.Core;
 using static Ecmt.Protos.Inference.ModelInferResponse.Types;
-using StopPolicy = Ecmt.Engine.Serving.StopPolicy;
+using StopPolicy = Ecmt.Protos.StopPolicy;
 
 namespace Ecmt.Server.Oip;
 
@@ -39,6 +39,7 @@ sealed class OipInference(Classifications classifications)
 
     /// <summary>Request parameters read (anything else is ignored, as the protocol's custom parameters are).</summary>
     public const string MaxStepsParameter = "max_steps", MinConfidenceParameter = "min_confidence", StableStepsParameter = "stable_steps";
+    public const string MinStepsParameter = "min_steps", MinMarginParameter = "min_margin", MinGateParameter = "min_gate", RecommendedParameter = "recommended";
     /// <summary>Triton's reserved parameters for decoupled streams.</summary>
     public const string EmptyFinalParameter = "triton_enable_empty_final_response", FinalParameter = "triton_final_response";
     /// <summary>The status class of an error response in a stream (the gRPC code name, e.g. NOT_FOUND): Ecmt's own parameter.</summary>
@@ -100,10 +101,18 @@ sealed class OipInference(Classifications classifications)
         return new OipJob(new ClassifyJob(model, input, maxSteps, stop), request.Id, outputs, parameters.Bool(EmptyFinalParameter) ?? false);
     }
 
-    /// <summary>The stop policy a request's parameters ask for: one line per rule.</summary>
-    static StopPolicy StopPolicyOf(Parameters p) => Classifications.Validated(new StopPolicy(
-        MinConfidence: p.Number(MinConfidenceParameter),
-        StableSteps: p.Integer(StableStepsParameter) is long k ? (int)Math.Clamp(k, int.MinValue, int.MaxValue) : null));
+    /// <summary>The stop policy a request's parameters ask for (the names of ecmt.v1's StopPolicy fields): one line per rule.</summary>
+    static StopPolicy StopPolicyOf(Parameters p) => Classifications.Validated(new StopPolicy
+    {
+        MinConfidence = p.Number(MinConfidenceParameter),
+        StableSteps = Int(p.Integer(StableStepsParameter)),
+        MinSteps = Int(p.Integer(MinStepsParameter)),
+        MinMargin = p.Number(MinMarginParameter),
+        MinGate = p.Number(MinGateParameter),
+        IsRecommended = p.Bool(RecommendedParameter) ?? false,
+    });
+
+    static int? Int(long? value) => value is long k ? (int)Math.Clamp(k, int.MinValue, int.MaxValue) : null;
 
     static List<OipOutput> OutputsOf(ModelInferRequest request, HostedModel model)
     {
@@ -282,12 +291,13 @@ sealed class OipInference(Classifications classifications)
     /// <summary>Whether a step's response is the last one of its stream.</summary>
     public static bool IsFinal(OipJob job, StepResult step) => step.StopReason != StopReason.None && !job.EmptyFinal;
 
-    /// <summary>"max_steps", "confident", "stable"; "" on every step but the last.</summary>
+    /// <summary>"max_steps", "confident", "stable", "policy" (a combined or recommended policy); "" on every step but the last.</summary>
     public static string ReasonName(StopReason reason) => reason switch
     {
         StopReason.MaxSteps => "max_steps",
         StopReason.Confident => "confident",
         StopReason.Stable => "stable",
+        StopReason.Policy => "policy",
         _ => "",
     };
 

@@ -53,7 +53,7 @@ static class RestApi
                 .WithSummary("Classifies one image; the answer after the last step (the stop policy's, or max_steps').")
                 .WithDescription("Inputs: 'pixels' (FP32 [1, C, H, W], intensities in [0, 1]) or 'image' (BYTES [1]: the base64 of a PNG or JPEG file, "
                     + "or the file itself as binary data after the JSON with the parameter binary_data_size and the header Inference-Header-Content-Length). "
-                    + "Parameters: max_steps (0 or absent: the server's default), min_confidence or stable_steps (the stop policy).")
+                    + "Parameters: max_steps (0 or absent: the server's default), and the stop policy: min_confidence, stable_steps, min_steps, min_margin, min_gate (every rule given must hold) or recommended.")
                 // Any content type: curl -d sends form-urlencoded, and the body is read as JSON whatever it is labelled.
                 .Accepts<InferenceRequestJson>("application/json", "application/octet-stream", "*/*")
                 .Produces<InferenceResponseJson>().Errors(400, 404, 413, 429, 503);

@@ -96,9 +96,25 @@ function chooseModel(name) {
   steps.value = Math.min(Math.max(16, m.defaultSteps), m.maxSteps);
   $("model-info").textContent = `${m.channels}×${m.imageSize}×${m.imageSize} in, ${m.classNames.length} classes, `
     + `default ${m.defaultSteps} / at most ${m.maxSteps} steps, ${m.backend}${m.ready ? "" : ", not ready"}`;
+  // The recommended policy (chosen on held-out images at conversion) is offered when the model has one.
+  const recommended = $("rule-recommended");
+  recommended.disabled = !m.recommendedStop;
+  if (recommended.disabled && recommended.checked) $("rule-none").checked = true;
+  $("recommended").textContent = m.recommendedStop ? `(${describePolicy(m.recommendedStop)})` : "(none for this model)";
   state.input = null;
   $("source").textContent = "pick a sample, upload an image, or draw";
   updateButtons();
+}
+
+// A StopPolicy message as ecmt.v1's JSON form names its rules, e.g. "gate ≥ 0.87".
+function describePolicy(p) {
+  const rules = [];
+  if (p.minConfidence) rules.push(`p ≥ ${p.minConfidence}`);
+  if (p.stableSteps) rules.push(`stable ${p.stableSteps}`);
+  if (p.minSteps) rules.push(`t ≥ ${p.minSteps}`);
+  if (p.minMargin) rules.push(`margin ≥ ${p.minMargin}`);
+  if (p.minGate) rules.push(`gate ≥ ${p.minGate}`);
+  return rules.join(", ") || "none";
 }
 
 // An encoded image: shown on the canvas the way the server reads it (centre square, model size, grey for one
@@ -187,6 +203,7 @@ function requestBody() {
   const rule = document.querySelector('input[name="rule"]:checked').value;
   if (rule === "confidence") parameters.min_confidence = Number($("min-confidence").value);
   if (rule === "stable") parameters.stable_steps = Number($("stable-steps").value);
+  if (rule === "recommended") parameters.recommended = true;
   let input;
   if (state.input.kind === "image") {
     input = { name: "image", datatype: "BYTES", shape: [1], data: [base64(state.input.bytes)] };
