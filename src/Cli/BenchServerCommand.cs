@@ -13,7 +13,8 @@ namespace Ecmt.Cli;
 /// <summary>
 /// <c>ecmt bench-server</c>: a load generator. C streams run back to back for S seconds over a set of images, all on
 /// one client (one channel); it reports throughput (image-steps and images per second), the time to the first update
-/// and to the last (p50, p95, p99), the mean steps used, and failures counted by status.
+/// and to the last (p50, p95, p99), the time between a stream's consecutive updates (per-step latency), the mean
+/// steps used, and failures counted by status.
 /// </summary>
 static class BenchServerCommand
 {
@@ -41,7 +42,7 @@ static class BenchServerCommand
     sealed class Tally
     {
         readonly Lock _lock = new();
-        readonly List<double> _firstMs = [], _lastMs = [];
+        readonly List<double> _firstMs = [], _lastMs = [], _gapMs = [];
         readonly Dictionary<string, int> _errors = new(StringComparer.Ordinal);
         long _imageSteps, _steps;
         int _cutOff, _retries;
@@ -53,6 +54,12 @@ static class BenchServerCommand
         public int Retries => Volatile.Read(ref _retries);
 
         public void Step() => Interlocked.Increment(ref _imageSteps);
+
+        /// <summary>Time between two consecutive updates of one stream: the per-step latency a client sees.</summary>
+        public void Gap(TimeSpan gap)
+        {
+            lock (_lock) _gapMs.Add(gap.TotalMilliseconds);
+        }
         public void Retry() => Interlocked.Increment(ref _retries);
         public void Cut() => Interlocked.Increment(ref _cutOff);
 
@@ -69,6 +76,11 @@ static class BenchServerCommand
         public void Failed(string code)
         {
             lock (_lock) _errors[code] = _errors.GetValueOrDefault(code) + 1;
+        }
+
+        public double[] Gaps()
+        {
+            lock (_lock) return [.. _gapMs];
         }
 
         public (double[] First, double[] Last, double? MeanSteps, SortedDictionary<string, int> Errors) Snapshot()
@@ -158,10 +170,15 @@ static class BenchServerCommand
                     await foreach (var update in client.ClassifyAsync(model.Name, input, options, window.Token))
                     {
                         first ??= update;
+                        var previous = last;
                         last = update;
                         var now = clock.Elapsed;
                         if (now >= end) break;
-                        if (now >= warmup) tally.Step();
+                        if (now >= warmup)
+                        {
+                            tally.Step();
+                            if (previous is not null) tally.Gap(update.Elapsed - previous.Elapsed);
+                        }
                     }
                     if (measured && last is { IsLast: true } && clock.Elapsed < end) tally.Completed(first!.Elapsed, last.Elapsed, last.Step);
                     else if (measured && last is not null) tally.Cut();
@@ -228,6 +245,7 @@ static class BenchServerCommand
             ["mean_steps"] = meanSteps is double m ? Math.Round(m, 3) : null,
             ["first_update_ms"] = Percentiles(first),
             ["last_update_ms"] = Percentiles(last),
+            ["step_latency_ms"] = Percentiles(tally.Gaps()),
             ["cut_off"] = tally.CutOff,
             ["retries"] = tally.Retries,
             ["errors"] = errorJson,
@@ -273,7 +291,7 @@ static class BenchServerCommand
 
         var latency = new Table().Border(TableBorder.Rounded).Title("time (ms)").AddColumn("");
         foreach (var column in new[] { "p50", "p95", "p99", "mean", "max" }) latency.AddColumn(new TableColumn(column).RightAligned());
-        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms") })
+        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms"), ("between updates (per step)", "step_latency_ms") })
         {
             var p = r[key]?.AsObject();
             latency.AddRow([label, .. new[] { "p50", "p95", "p99", "mean", "max" }.Select(c => p is null ? "-" : p[c]!.GetValue<double>().ToString("F1", CultureInfo.InvariantCulture))]);

@@ -128,13 +128,20 @@ public sealed class HostedModel : IDisposable
         scheduler.Submit(request);
         try
         {
+            // ReadAllAsync checks the token only when it has to wait; results already queued must not outlive a cancel.
             await foreach (var result in request.Results.Reader.ReadAllAsync(cancellationToken))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
                 yield return result;
+            }
         }
         finally
         {
-            // However the reader leaves (done, cancelled, failed, stopped reading), its slot is released.
+            // However the reader leaves (done, cancelled, failed, stopped reading), its slot is released at the next
+            // step boundary; the call ends after that, so a caller that sees it end sees the slot free.
             request.Abandon();
+            scheduler.Nudge();
+            await request.Released.Task.ConfigureAwait(false);
         }
     }
 

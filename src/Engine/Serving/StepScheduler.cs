@@ -96,12 +96,21 @@ sealed class StepScheduler : IDisposable
         public readonly Channel<StepResult> Results = Channel.CreateUnbounded<StepResult>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         public readonly long Enqueued = Stopwatch.GetTimestamp();
         public int Steps, StepsAtCancel = -1;
+        public CancellationTokenRegistration Registration;
+        /// <summary>Completes once the request holds no slot and no place in the queue.</summary>
+        public readonly TaskCompletionSource Released = new(TaskCreationOptions.RunContinuationsAsynchronously);
         volatile bool _abandoned;
 
         /// <summary>The reader has gone (it finished, failed or stopped reading): release at the next boundary.</summary>
         public void Abandon() => _abandoned = true;
         public bool Gone => _abandoned || Token.IsCancellationRequested;
         public void MarkCancelled() => Interlocked.CompareExchange(ref StepsAtCancel, Volatile.Read(ref Steps), -1);
+    }
+
+    /// <summary>Wakes the loop so that a request that has gone leaves the queue at once.</summary>
+    public void Nudge()
+    {
+        lock (_lock) Monitor.Pulse(_lock);
     }
 
     /// <summary>Queues a request; throws <see cref="SchedulerFullException"/> when the slots and the queue are full.</summary>
@@ -140,7 +149,11 @@ sealed class StepScheduler : IDisposable
         }
         lock (_lock)
         {
-            foreach (var r in _queue) r.Results.Writer.TryComplete(new OperationCanceledException("the model was unloaded"));
+            foreach (var r in _queue)
+            {
+                r.Results.Writer.TryComplete(new OperationCanceledException("the model was unloaded"));
+                r.Released.TrySetResult();
+            }
             _queue.Clear();
             for (int slot = _active.Count - 1; slot >= 0; slot--) Finish(slot, StopReason.None, new OperationCanceledException("the model was unloaded"));
         }
@@ -157,6 +170,7 @@ sealed class StepScheduler : IDisposable
             {
                 r.Results.Writer.TryComplete(new OperationCanceledException(r.Token));
                 _completed(Summary(r, StopReason.None, null));
+                r.Released.TrySetResult();
             }
             _queue.Clear();
             foreach (var r in keep) _queue.Enqueue(r);
@@ -173,7 +187,7 @@ sealed class StepScheduler : IDisposable
         int slot = _session.Admit(request.Image);
         Debug.Assert(slot == _active.Count);
         _active.Add(request);
-        request.Token.Register(static r => ((Request)r!).MarkCancelled(), request);
+        request.Registration = request.Token.Register(static r => ((Request)r!).MarkCancelled(), request);
         _metrics.SlotsChanged(_name, 1, _stateBytesPerImage);
     }
 
@@ -230,6 +244,7 @@ sealed class StepScheduler : IDisposable
     void Finish(int slot, StopReason reason, Exception? error, bool failed = false, StepResult? last = null)
     {
         var r = _active[slot];
+        r.Registration.Dispose();
         int moved = _session.Release(slot);
         if (moved >= 0)
         {
@@ -244,6 +259,7 @@ sealed class StepScheduler : IDisposable
         _completed(summary);
         if (last is not null) r.Results.Writer.TryWrite(last);
         r.Results.Writer.TryComplete(error);
+        r.Released.TrySetResult();
     }
 
     RunSummary Summary(Request r, StopReason reason, Exception? error)
