@@ -26,17 +26,18 @@ static class BenchServerCommand
         var warmup = new Option<double>("--warmup") { Description = "Seconds run before measuring (connections, JIT, session pools)", DefaultValueFactory = _ => 0 };
         var images = new Option<string[]>("--images") { Description = "PNG or JPEG files or folders to send (default: Fashion-MNIST test images, from Debian's dataset-fashion-mnist)", AllowMultipleArgumentsPerToken = true };
         var count = new Option<int>("--count") { Description = "Fashion-MNIST test images to use when --images is not given", DefaultValueFactory = _ => 100 };
+        var cancelFraction = new Option<double>("--cancel-fraction") { Description = "Fraction of calls the client cancels after a random 1–1000 ms (a soak of cancels and deadlines)", DefaultValueFactory = _ => 0 };
         var command = new Command("bench-server", "Load-test a running ecmt-server: C concurrent Classify streams for S seconds; throughput, latency percentiles, steps used, errors by status.")
         {
-            concurrency, duration, warmup, images, count,
+            concurrency, duration, warmup, images, count, cancelFraction,
         };
         foreach (var option in server.All) command.Options.Add(option);
         command.SetAction((parse, cancellationToken) => RunAsync(parse, server, new Settings(
-            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count)), cancellationToken));
+            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count), parse.GetValue(cancelFraction)), cancellationToken));
         return command;
     }
 
-    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count);
+    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count, double CancelFraction);
 
     /// <summary>What the streams measured; every member is safe to update from many streams.</summary>
     sealed class Tally
@@ -45,7 +46,7 @@ static class BenchServerCommand
         readonly List<double> _firstMs = [], _lastMs = [], _gapMs = [];
         readonly Dictionary<string, int> _errors = new(StringComparer.Ordinal);
         long _imageSteps, _steps;
-        int _cutOff, _retries;
+        int _cutOff, _retries, _cancelled;
 
         public long ImageSteps => Interlocked.Read(ref _imageSteps);
         public int Images { get { lock (_lock) return _lastMs.Count; } }
@@ -62,6 +63,8 @@ static class BenchServerCommand
         }
         public void Retry() => Interlocked.Increment(ref _retries);
         public void Cut() => Interlocked.Increment(ref _cutOff);
+        public void Cancelled() => Interlocked.Increment(ref _cancelled);
+        public int CancelledCalls => Volatile.Read(ref _cancelled);
 
         public void Completed(TimeSpan first, TimeSpan last, int steps)
         {
@@ -99,6 +102,7 @@ static class BenchServerCommand
             if (settings.Concurrency < 1) throw new ArgumentException($"--concurrency is {settings.Concurrency}: it must be at least 1");
             if (!(settings.Duration > 0)) throw new ArgumentException($"--duration is {settings.Duration}: it must be positive");
             if (!(settings.Warmup >= 0)) throw new ArgumentException($"--warmup is {settings.Warmup}: it must not be negative");
+            if (!(settings.CancelFraction is >= 0 and <= 1)) throw new ArgumentException($"--cancel-fraction is {settings.CancelFraction}: it must lie in [0, 1]");
             server.Address(parse);
             options = server.ClassifyOptions(parse, topK: 0);
             inputs = LoadImages(settings);
@@ -165,9 +169,12 @@ static class BenchServerCommand
                 var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
                 bool measured = clock.Elapsed >= warmup;
                 StepUpdate? first = null, last = null;
+                using var cancel = settings.CancelFraction > 0 && Random.Shared.NextDouble() < settings.CancelFraction
+                    ? CancellationTokenSource.CreateLinkedTokenSource(window.Token) : null;
+                cancel?.CancelAfter(Random.Shared.Next(1, 1001));
                 try
                 {
-                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, window.Token))
+                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, cancel?.Token ?? window.Token))
                     {
                         first ??= update;
                         var previous = last;
@@ -186,6 +193,10 @@ static class BenchServerCommand
                 catch (OperationCanceledException) when (window.IsCancellationRequested)
                 {
                     if (measured) tally.Cut();
+                }
+                catch (Exception e) when (cancel is { IsCancellationRequested: true } && e is OperationCanceledException or EcmtRpcException { Code: "CANCELLED" })
+                {
+                    if (measured) tally.Cancelled();
                 }
                 catch (EcmtRpcException e)
                 {
@@ -247,6 +258,7 @@ static class BenchServerCommand
             ["last_update_ms"] = Percentiles(last),
             ["step_latency_ms"] = Percentiles(tally.Gaps()),
             ["cut_off"] = tally.CutOff,
+            ["cancelled_by_client"] = tally.CancelledCalls,
             ["retries"] = tally.Retries,
             ["errors"] = errorJson,
             ["error_count"] = errors.Values.Sum(),
