@@ -60,9 +60,9 @@ public static class Energy
 /// image into it (its state copied image by image, <see cref="ISpikingBackend.CopyImage"/>). Every operation then runs
 /// over views of the first Count images (<see cref="ISpikingBackend.Prefix(DeviceTensor, int)"/>), so a step costs
 /// what its occupied slots cost. The alternative, masking free slots, would pay for the whole capacity at every step:
-/// measured with <c>ecmt bench</c> on the shipped model (fastcpu, 2 shared cores), a step of 32 images costs about
-/// 14× a step of one, so one stream in a 32-slot masked batch would run about 14× slower, while a move costs one copy
-/// of an image's state (about 1/50 of a step of that image).
+/// measured with <c>ecmt bench --model models/fmnist-vit --backend fastcpu --threads 2</c> (docs/benchmarks.md), a step
+/// of 32 images took 306–638 ms against 37–41 ms for one, so one stream in a 32-slot masked batch would run 8–15×
+/// slower, while a move costs one memory copy of an image's state (3.2 MB for that model) per released slot.
 /// </para>
 /// Not thread-safe: one session serves one caller (the scheduler's thread).
 /// </summary>
