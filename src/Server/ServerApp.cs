@@ -71,7 +71,7 @@ public static class ServerApp
         services.AddSingleton<ServerMetrics>();
         services.AddSingleton<ServerLifecycle>();
         services.AddSingleton<StreamLimiter>();
-        AddAccess(services, Options(builder).Access);
+        AddAccess(services);
         services.AddSingleton<Classifications>();
         services.AddSingleton<OipInference>();
         services.AddSingleton<ModelHost>();
@@ -82,7 +82,7 @@ public static class ServerApp
             o.MaxReceiveMessageSize = Options(builder).Limits.MaxMessageBytes;
             o.EnableDetailedErrors = false;
         });
-        if (Options(builder).Access.Reflection) services.AddGrpcReflection();
+        services.AddGrpcReflection();
         // REST objects in snake_case, for the endpoints and for the OpenAPI description generated from them.
         services.ConfigureHttpJsonOptions(o => RestJson.Configure(o.SerializerOptions));
         services.AddOpenApi(OpenApiDocument, o => o.AddDocumentTransformer((document, _, _) =>
@@ -123,14 +123,14 @@ public static class ServerApp
         var app = builder.Build();
         var options = app.Services.GetRequiredService<IOptions<EcmtOptions>>().Value;
         var access = options.Access;
+        // Read the access file now: a mistake in it stops the server at startup, like any configuration mistake.
+        app.Services.GetRequiredService<AccessFile>();
         app.UseMiddleware<GrpcStatusMiddleware>();
         if (options.MetricsPort > 0) app.Use(MetricsPortOnly(options.MetricsPort));
         app.UseRouting();
-        if (access.Enabled)
-        {
-            app.UseAuthentication();
-            app.UseAuthorization();
-        }
+        // Without an access file there is no default scheme and no fallback policy: both middlewares pass every request.
+        app.UseAuthentication();
+        app.UseAuthorization();
         // With access control on, every endpoint needs a caller (the fallback policy) except those marked open below.
         bool openHealth = !access.Enabled || access.OpenHealth;
         app.MapGrpcService<ClassifierService>();
@@ -177,18 +177,22 @@ public static class ServerApp
     };
 
     /// <summary>Access control (off without Ecmt:Access:File): the caller scheme, the policy every endpoint falls back to, the refusals' shape.</summary>
-    static void AddAccess(IServiceCollection services, AccessOptions access)
+    static void AddAccess(IServiceCollection services)
     {
         services.AddHttpContextAccessor();
         services.AddSingleton<AccessFile>();
         services.AddSingleton<ClientCertificates>();
         services.AddSingleton<CallerAccess>();
-        if (!access.Enabled) return;
-        services.AddAuthentication(CallerAuthenticationHandler.SchemeName)
+        // The scheme is named by the fallback policy only, so it runs only where access control is on.
+        services.AddAuthentication()
             .AddScheme<AuthenticationSchemeOptions, CallerAuthenticationHandler>(CallerAuthenticationHandler.SchemeName, null);
-        services.AddAuthorizationBuilder()
-            .SetFallbackPolicy(new AuthorizationPolicyBuilder(CallerAuthenticationHandler.SchemeName).RequireAuthenticatedUser().Build());
-        services.AddSingleton<Microsoft.AspNetCore.Authorization.IAuthorizationMiddlewareResultHandler, AccessResultHandler>();
+        services.AddAuthorization();
+        services.AddOptions<AuthorizationOptions>().Configure<IOptions<EcmtOptions>>((authorization, ecmt) =>
+        {
+            if (ecmt.Value.Access.Enabled)
+                authorization.FallbackPolicy = new AuthorizationPolicyBuilder(CallerAuthenticationHandler.SchemeName).RequireAuthenticatedUser().Build();
+        });
+        services.AddSingleton<IAuthorizationMiddlewareResultHandler, AccessResultHandler>();
     }
 
     public static async Task<int> RunAsync(string[] args)

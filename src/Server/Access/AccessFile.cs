@@ -131,9 +131,10 @@ public sealed class AccessFile : IDisposable
             var bytes = System.IO.File.ReadAllBytes(_path);
             var digest = SHA256.HashData(bytes);
             if (digest.AsSpan().SequenceEqual(_digest)) return false;
+            // A broken version is reported once, not at every check.
+            _digest = digest;
             var list = AccessList.Parse(Encoding.UTF8.GetString(bytes), _path);
             _current = list;
-            _digest = digest;
             Log.AccessLoaded(_logger, _path, list.Callers.Count);
             return true;
         }

@@ -21,28 +21,37 @@ sealed class CallerAuthenticationHandler(IOptionsMonitor<AuthenticationSchemeOpt
     public const string SchemeName = "ecmt";
     public const string ModelClaim = "ecmt:model";
     public const string MethodClaim = "ecmt:credential";
+    /// <summary>HttpContext.Items key of why authentication failed, for the refusal's message.</summary>
+    internal const string FailureItem = "ecmt:authentication-failure";
 
     protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    {
+        var result = Authenticate();
+        if (result.Failure is { } failure) Context.Items[FailureItem] = failure.Message;
+        return Task.FromResult(result);
+    }
+
+    AuthenticateResult Authenticate()
     {
         var list = file.Current;
         string? header = Request.Headers.Authorization;
         if (!string.IsNullOrEmpty(header))
         {
             if (!header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
-                return Task.FromResult(AuthenticateResult.Fail("the authorization header is not 'Bearer <key>'"));
+                return AuthenticateResult.Fail("the authorization header is not 'Bearer <key>'");
             var caller = list.FindKey(header["Bearer ".Length..].Trim());
-            return Task.FromResult(caller is null ? AuthenticateResult.Fail("the API key is not valid") : Success(caller, "key"));
+            return caller is null ? AuthenticateResult.Fail("the API key is not valid") : Success(caller, "key");
         }
         if (Context.Connection.ClientCertificate is { } certificate)
         {
             if (certificates.Problem(certificate) is { } problem)
-                return Task.FromResult(AuthenticateResult.Fail($"the client certificate is not accepted: {problem}"));
+                return AuthenticateResult.Fail($"the client certificate is not accepted: {problem}");
             var caller = list.FindSubject(certificate.Subject);
-            return Task.FromResult(caller is null
+            return caller is null
                 ? AuthenticateResult.Fail($"the client certificate's subject '{certificate.Subject}' is not a caller of this server")
-                : Success(caller, "certificate"));
+                : Success(caller, "certificate");
         }
-        return Task.FromResult(AuthenticateResult.NoResult());
+        return AuthenticateResult.NoResult();
     }
 
     AuthenticateResult Success(CallerEntry caller, string credential)
@@ -100,7 +109,7 @@ sealed class AccessResultHandler : IAuthorizationMiddlewareResultHandler
         }
         bool challenged = result.Challenged;
         string reason = challenged
-            ? context.Features.Get<Microsoft.AspNetCore.Authentication.IAuthenticateResultFeature>()?.AuthenticateResult?.Failure?.Message
+            ? context.Items[CallerAuthenticationHandler.FailureItem] as string
                 ?? "no credential: send 'authorization: Bearer <key>' or a client certificate"
             : "this caller may not use this endpoint";
         var code = challenged ? Grpc.Core.StatusCode.Unauthenticated : Grpc.Core.StatusCode.PermissionDenied;
