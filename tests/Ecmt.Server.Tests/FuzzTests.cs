@@ -13,7 +13,7 @@ namespace Ecmt.Server.Tests;
 /// <summary>
 /// Hostile input on the request path of a real Kestrel server: mutated PNG and JPEG files, headers that declare huge
 /// sizes, random bytes sent raw as gRPC messages over HTTP/2, and tensors of every wrong shape, over ecmt.v1 and the
-/// Open Inference Protocol. A bounded, seeded number of cases (ECMT_FUZZ_CASES, default 400; ECMT_FUZZ_SEED). Every
+/// Open Inference Protocol. A bounded, seeded number of cases (ECMT_FUZZ_CASES, default 1000; ECMT_FUZZ_SEED). Every
 /// case must end with a status of its class (OK or a client error; never INTERNAL or UNKNOWN) within the per-request
 /// bound, the process's memory must stay bounded, and the server must still classify afterwards.
 /// </summary>
@@ -29,11 +29,11 @@ public sealed class FuzzTests
     [Fact]
     public async Task Hostile_requests_get_a_status_within_the_bound_and_the_server_keeps_serving()
     {
-        int cases = int.TryParse(Environment.GetEnvironmentVariable("ECMT_FUZZ_CASES"), out int n) ? n : 400;
+        int cases = int.TryParse(Environment.GetEnvironmentVariable("ECMT_FUZZ_CASES"), out int n) ? n : 1000;
         int seed = int.TryParse(Environment.GetEnvironmentVariable("ECMT_FUZZ_SEED"), out int s) ? s : 16;
         var random = new Random(seed);
         await using var host = await ServerHost.KestrelAsync(("Ecmt:Limits:MaxConcurrentStreams", "64"));
-        using var raw = new HttpClient(new SocketsHttpHandler()) { BaseAddress = host.Address, DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        using var raw = new HttpClient(new SocketsHttpHandler()) { BaseAddress = host.Address };
 
         byte[] png = TestModels.Png(3);
         byte[] jpeg = Jpeg();
@@ -156,7 +156,10 @@ public sealed class FuzzTests
             1 => "/inference.GRPCInferenceService/ModelInfer",
             _ => "/inference.GRPCInferenceService/ModelStreamInfer",
         };
-        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = new ByteArrayContent(body) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, path)
+        {
+            Content = new ByteArrayContent(body), Version = HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
         request.Content.Headers.ContentType = new("application/grpc");
         request.Headers.TryAddWithoutValidation("te", "trailers");
         using var cancel = new CancellationTokenSource(Bound);
@@ -164,12 +167,18 @@ public sealed class FuzzTests
         await response.Content.ReadAsByteArrayAsync(cancel.Token);
         string? code = response.TrailingHeaders.TryGetValues("grpc-status", out var t) ? t.First()
             : response.Headers.TryGetValues("grpc-status", out var h) ? h.First() : null;
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.NotNull(code);
-        var status = (StatusCode)int.Parse(code, System.Globalization.CultureInfo.InvariantCulture);
-        // Bytes that do not parse are INTERNAL by gRPC's own rule (a message the server cannot deserialize); nothing else may fail.
-        Assert.True(Allowed.Contains(status) || status == StatusCode.Internal && !string.IsNullOrEmpty(GrpcMessage(response)), $"{path}: {status} {GrpcMessage(response)}");
-        if (status == StatusCode.Internal) Assert.DoesNotContain("engine failed", GrpcMessage(response), StringComparison.Ordinal);
+        Assert.True(response.StatusCode == HttpStatusCode.OK && code is not null,
+            $"{path}, {body.Length} bytes: HTTP {(int)response.StatusCode}, grpc-status {code ?? "none"} {GrpcMessage(response)}");
+        var status = (StatusCode)int.Parse(code!, System.Globalization.CultureInfo.InvariantCulture);
+        // A framing error is grpc-dotnet's INTERNAL ("Incomplete message", a length over the limit: RESOURCE_EXHAUSTED);
+        // bytes that are no protobuf message of the method are grpc-dotnet's UNKNOWN for unary and server-streaming
+        // calls (it parses the request before any server code runs) and INVALID_ARGUMENT for ModelStreamInfer (whose
+        // messages the service reads). Never the engine: such a request reaches no model.
+        string message = GrpcMessage(response);
+        Assert.True(Allowed.Contains(status)
+            || status == StatusCode.Internal && message.Length > 0 && !message.Contains("engine", StringComparison.Ordinal)
+            || status == StatusCode.Unknown && !path.EndsWith("ModelStreamInfer", StringComparison.Ordinal),
+            $"{path}: {status} {message}");
         return $"raw-grpc {status}";
     }
 
