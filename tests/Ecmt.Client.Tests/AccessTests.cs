@@ -45,7 +45,7 @@ public sealed class AccessTests : IAsyncLifetime
 
         string Write(string name, string text)
         {
-            var path = Path.Combine(_dir.FullName, name);
+            var path = System.IO.Path.Combine(_dir.FullName, name);
             File.WriteAllText(path, text);
             return path;
         }
@@ -55,7 +55,7 @@ public sealed class AccessTests : IAsyncLifetime
         _host = await ServerHost.StartAsync(0,
             ("Ecmt:Tls:CertificateFile", Write("server.crt", _server.ExportCertificatePem())),
             ("Ecmt:Tls:KeyFile", Write("server.key", serverKey.ExportPkcs8PrivateKeyPem())),
-            ("Ecmt:Tls:ClientCaFile", Path.Combine(_dir.FullName, "ca.crt")),
+            ("Ecmt:Tls:ClientCaFile", In("ca.crt")),
             ("Ecmt:Access:File", Write("access.json", $$"""
                 {"callers": [
                   {"name": "lib", "key_sha256": "{{Sha("lib-key")}}", "models": ["tiny"]},
@@ -73,13 +73,13 @@ public sealed class AccessTests : IAsyncLifetime
         _dir.Delete(recursive: true);
     }
 
-    string Path(string name) => System.IO.Path.Combine(_dir.FullName, name);
+    string In(string name) => System.IO.Path.Combine(_dir.FullName, name);
 
     EcmtClientOptions Options(string? key = null, bool certificate = false) => new()
     {
         ApiKey = key,
-        ClientCertificate = certificate ? EcmtClientOptions.LoadClientCertificate(Path("client.crt"), Path("client.key")) : null,
-        ServerCertificateAuthorities = EcmtClientOptions.LoadAuthorities(Path("ca.crt")),
+        ClientCertificate = certificate ? EcmtClientOptions.LoadClientCertificate(In("client.crt"), In("client.key")) : null,
+        ServerCertificateAuthorities = EcmtClientOptions.LoadAuthorities(In("ca.crt")),
         Retry = RetryPolicy.None,
     };
 
@@ -117,15 +117,15 @@ public sealed class AccessTests : IAsyncLifetime
     {
         var image = System.IO.Path.Combine(_dir.FullName, "image.png");
         await File.WriteAllBytesAsync(image, TestModels.Png(3));
-        string[] common = ["--server", _host.Address.ToString(), "--ca-cert", Path("ca.crt"), "--model", TestModels.Tiny, "--max-steps", "2", "--json"];
+        string[] common = ["--server", _host.Address.ToString(), "--ca-cert", In("ca.crt"), "--model", TestModels.Tiny, "--max-steps", "2", "--json"];
 
         var (code, _, err) = await Ecmt(["classify", image, .. common]);
         Assert.Equal(1, code);
         Assert.Contains("UNAUTHENTICATED", err, StringComparison.Ordinal);
         (code, var output, err) = await Ecmt(["classify", image, .. common, "--api-key", "lib-key"]);
         Assert.True(code == 0, err);
-        Assert.Equal(2, JsonNode.Parse(output)!["files"]![0]!["steps"]!.GetValue<int>());
-        (code, _, err) = await Ecmt(["classify", image, .. common, "--client-cert", Path("client.crt"), "--client-key", Path("client.key")]);
+        Assert.Equal(2, JsonNode.Parse(output)!["results"]![0]!["steps"]!.GetValue<int>());
+        (code, _, err) = await Ecmt(["classify", image, .. common, "--client-cert", In("client.crt"), "--client-key", In("client.key")]);
         Assert.True(code == 0, err);
 
         // A second key floods (at most 1 classification per second, 1 at once); the measured key is served throughout.
