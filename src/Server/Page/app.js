@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const TOP_K = 5;
 const LOG_ROWS = 12;
+const API_KEY = "ecmt.apiKey"; // sessionStorage key of the API key the page was given (see api())
 
 const state = {
   models: [],
@@ -72,12 +73,10 @@ async function init() {
 }
 
 // Access control: with an access file on the server the API answers 401 without a key. The page then asks for one,
-// keeps it for this tab only (sessionStorage), and sends it as "Authorization: Bearer <key>".
-const KEY = "ecmt.apiKey";
-
+// keeps it for this tab only (sessionStorage, under API_KEY), and sends it as "Authorization: Bearer <key>".
 async function api(url, init = {}) {
   for (;;) {
-    const key = sessionStorage.getItem(KEY);
+    const key = sessionStorage.getItem(API_KEY);
     const headers = { ...(init.headers ?? {}) };
     if (key) headers.Authorization = `Bearer ${key}`;
     const response = await fetch(url, { ...init, headers });
@@ -85,7 +84,7 @@ async function api(url, init = {}) {
     const reason = await errorOf(response);
     const entered = window.prompt(`This server needs an API key (${reason}). Key:`);
     if (!entered) throw new Error(reason);
-    sessionStorage.setItem(KEY, entered.trim());
+    sessionStorage.setItem(API_KEY, entered.trim());
   }
 }
 
