@@ -107,7 +107,7 @@ print(*[x.getsockname()[1] for x in s])')
 ECMT_BACKEND="${ECMT_BACKEND:-reference}" Ecmt__Access__File="$work/access.json" \
   dotnet "$server" --models "$models" --address 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port 0 >"$work/server.log" 2>&1 &
 server_pid=$!
-client() { "$python" examples/python/ecmt_client.py --address "127.0.0.1:$port" "$@"; }
+client() { local verb="$1"; shift; "$python" examples/python/ecmt_client.py "$verb" --address "127.0.0.1:$port" "$@"; }
 for _ in $(seq 1 120); do
   kill -0 "$server_pid" 2>/dev/null || fail "the server with access control exited during startup"
   client health >/dev/null 2>&1 && break   # health is open to probes: no key
