@@ -340,7 +340,7 @@ public sealed class ClientCertificateTests
                     ]}
                     """)),
             };
-            await using var host = await ServerHost.KestrelWithHttpAsync(null, settings);
+            var host = await ServerHost.KestrelWithHttpAsync(null, settings);
 
             async Task<Status> Call(X509Certificate2? certificate, string model = TestModels.Tiny, Metadata? headers = null)
             {
@@ -373,6 +373,15 @@ public sealed class ClientCertificateTests
 
             // API keys work alongside certificates (unless Ecmt:Tls:RequireClientCertificate).
             Assert.Equal(StatusCode.OK, (await Call(null, TestModels.Deep, new Metadata { { "authorization", "Bearer ops-key" } })).StatusCode);
+
+            // With RequireClientCertificate the handshake itself needs a certificate: a key alone gets no connection.
+            await host.DisposeAsync();
+            await using var strict = await ServerHost.KestrelWithHttpAsync(null, [.. settings, ("Ecmt:Tls:RequireClientCertificate", "true")]);
+            host = strict;
+            Assert.Equal(StatusCode.OK, (await Call(reporting)).StatusCode);
+            var keyOnly = await Call(null, TestModels.Deep, new Metadata { { "authorization", "Bearer ops-key" } });
+            // grpc-dotnet reports the refused handshake as INTERNAL or UNAVAILABLE, depending on where it broke.
+            Assert.True(keyOnly.StatusCode is StatusCode.Internal or StatusCode.Unavailable, keyOnly.ToString());
         }
         finally
         {
