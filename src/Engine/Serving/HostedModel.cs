@@ -132,6 +132,8 @@ public sealed class HostedModel : IDisposable
             await foreach (var result in request.Results.Reader.ReadAllAsync(cancellationToken))
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                // The scheduler steps at most one result ahead of this reader.
+                scheduler.Nudge();
                 yield return result;
             }
         }

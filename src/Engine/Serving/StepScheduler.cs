@@ -37,7 +37,8 @@ public sealed class SchedulerFullException(string message, TimeSpan retryAfter) 
 /// first served up to the batch limit, runs one step of the batched <see cref="SpikingSession"/> for every occupied
 /// slot (each image at its own step), hands each stream its <see cref="StepResult"/> through the stream's channel, and
 /// releases the slots whose stream finished, stopped on its policy, was cancelled or passed its deadline. A cancel
-/// takes effect at the next boundary: at most the step in flight runs after it.
+/// takes effect at the next boundary: at most the step in flight runs after it. The batch keeps at most one step
+/// ahead of each stream's reader (<see cref="WaitForReaders"/>).
 /// </summary>
 sealed class StepScheduler : IDisposable
 {
@@ -107,7 +108,7 @@ sealed class StepScheduler : IDisposable
         public void MarkCancelled() => Interlocked.CompareExchange(ref StepsAtCancel, Volatile.Read(ref Steps), -1);
     }
 
-    /// <summary>Wakes the loop so that a request that has gone leaves the queue at once.</summary>
+    /// <summary>Wakes the loop: a reader took a result, or a request has gone (it leaves the queue at once).</summary>
     public void Nudge()
     {
         lock (_lock) Monitor.Pulse(_lock);
@@ -141,6 +142,7 @@ sealed class StepScheduler : IDisposable
             {
                 while (!_stopping && _queue.Count == 0 && _active.Count == 0) Monitor.Wait(_lock);
                 if (_stopping) break;
+                WaitForReaders();
                 DropGone();
                 while (_queue.Count > 0 && _active.Count < BatchLimit) Admit(_queue.Dequeue());
             }
@@ -158,6 +160,24 @@ sealed class StepScheduler : IDisposable
             for (int slot = _active.Count - 1; slot >= 0; slot--) Finish(slot, StopReason.None, new OperationCanceledException("the model was unloaded"));
         }
     }
+
+    /// <summary>
+    /// Under the lock: the batch runs at most one step ahead of each stream's reader, as a stream's own loop would, so
+    /// a client that stops reading (its own stop policy, a cancel on its way) costs at most the step in flight. A reader
+    /// that lags holds the batch for at most <see cref="ReaderWait"/> per step; then the step runs anyway.
+    /// </summary>
+    void WaitForReaders()
+    {
+        long start = Stopwatch.GetTimestamp();
+        while (_active.Any(r => !r.Gone && r.Results.Reader.Count > 1))
+        {
+            var left = ReaderWait - Stopwatch.GetElapsedTime(start);
+            if (left <= TimeSpan.Zero || _stopping) return;
+            Monitor.Wait(_lock, left);
+        }
+    }
+
+    static readonly TimeSpan ReaderWait = TimeSpan.FromMilliseconds(250);
 
     /// <summary>Under the lock: waiting requests already cancelled leave the queue; running ones leave their slots.</summary>
     void DropGone()
