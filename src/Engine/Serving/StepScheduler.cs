@@ -94,7 +94,7 @@ sealed class StepScheduler : IDisposable
         public readonly Protos.StopPolicy.Tracker Tracker = stop.Track();
         public readonly Conversion.PredictionTracker Predictions = predictions;
         public readonly CancellationToken Token = cancellationToken;
-        public readonly Channel<StepResult> Results = Channel.CreateUnbounded<StepResult>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        public readonly Channel<StepResult> Results = Channel.CreateUnbounded<StepResult>(new UnboundedChannelOptions { SingleWriter = true });  // (multi-reader: it can Count)
         public readonly long Enqueued = Stopwatch.GetTimestamp();
         public int Steps, StepsAtCancel = -1;
         public CancellationTokenRegistration Registration;
