@@ -79,7 +79,7 @@ public sealed class SpikingModel
                 Neuron(i, Place.S, c.Tokens * c.Tokens), Neuron(i, Place.FcOut, 1), Linear(b.Proj),
                 Norm(b.Norm2, c), Neuron(i, Place.Fc1, 1), Linear(b.Fc1), Neuron(i, Place.Fc2, 1), Linear(b.Fc2));
         }).ToArray();
-        FinalNorm = Norm(w.Norm, c);
+        FinalNorm = Norm((w.Norm ?? w.FcNorm)!, c);
         Head = Linear(w.Head);
         DenseOperationsPerStep = DenseOperations(c);
     }
