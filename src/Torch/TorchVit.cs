@@ -44,15 +44,17 @@ sealed class RelativePositionBias : Module
     // -> (H, N, N), added to every image's attention logits
     public Tensor Bias() => Gather(relative_position_bias_table, relative_position_index, tokens, heads);
 
-    /// <summary>table (R, H) read at BEiT's index (N·N) -> (H, N, N).</summary>
+    /// <summary>table (R, H) read at BEiT's index (N, N) -> (H, N, N).</summary>
     public static Tensor Gather(Tensor table, Tensor index, long tokens, long heads)
     {
-        using var rows = table.index_select(0, index);
+        using var flat = index.view(-1);
+        using var rows = table.index_select(0, flat);
         using var grid = rows.view(tokens, tokens, heads);
         return grid.permute(2, 0, 1).contiguous();
     }
 
-    public static Tensor IndexTensor(VitConfig c) => tensor(RelativePosition.Index(c).Select(i => (long)i).ToArray());
+    /// <summary>BEiT's relative_position_index buffer (N, N), int64 as BEiT / EVA checkpoints store it.</summary>
+    public static Tensor IndexTensor(VitConfig c) => tensor(RelativePosition.Index(c).Select(i => (long)i).ToArray(), [c.Tokens, c.Tokens]);
 
 }
 
