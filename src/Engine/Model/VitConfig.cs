@@ -143,10 +143,34 @@ public sealed record VitConfig
     public void Save(string path) => File.WriteAllText(path, JsonSerializer.Serialize(this, Json) + "\n");
 
     /// <summary>The ViT-S/16 shape used by the speed benchmark (timm's vit_small_patch16_224).</summary>
-    public static VitConfig VitSmall16(int numClasses = 1000) => new()
+    public static VitConfig VitSmall16(int numClasses = 1000) => ImageNet("vit-s16", 16, 384, 12, 6, numClasses);
+
+    /// <summary>
+    /// Named ImageNet shapes (224 px, 3 channels, ImageNet mean/std) for benchmarks and tests. ViT-Ti/S/B/L-16 as in
+    /// "An Image is Worth 16x16 Words" and timm (timm's ViT layout); DeiT-S/B-16 have the ViT-S/B shapes (DeiT without
+    /// its distillation token is that architecture); EVA-g/14 has EVA's giant shape (D 1408, depth 40, 16 heads,
+    /// MLP 6144, patch 14, N = 257) in the EVA layout this project ships (q/v bias, layer scale, a relative position
+    /// bias per block, mean pooling + fc_norm).
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, Func<VitConfig>> NamedShapes = new Dictionary<string, Func<VitConfig>>(StringComparer.Ordinal)
     {
-        Name = "vit-s16",
-        ImageSize = 224, PatchSize = 16, InChannels = 3, EmbedDim = 384, Depth = 12, NumHeads = 6, MlpRatio = 4,
+        ["vit-ti16"] = () => ImageNet("vit-ti16", 16, 192, 12, 3),
+        ["vit-s16"] = () => VitSmall16(),
+        ["vit-b16"] = () => ImageNet("vit-b16", 16, 768, 12, 12),
+        ["vit-l16"] = () => ImageNet("vit-l16", 16, 1024, 24, 16),
+        ["deit-s16"] = () => ImageNet("deit-s16", 16, 384, 12, 6),
+        ["deit-b16"] = () => ImageNet("deit-b16", 16, 768, 12, 12),
+        ["eva-g14"] = () => ImageNet("eva-g14", 14, 1408, 40, 16) with
+        {
+            MlpHidden = 6144, QkvBias = QkvBias.QV, LayerScale = LayerScale.Gamma, RelPosBias = RelPosBias.PerBlock,
+            AbsPosEmbed = false, Pooling = Pooling.Mean,
+        },
+    };
+
+    static VitConfig ImageNet(string name, int patch, int dim, int depth, int heads, int numClasses = 1000) => new()
+    {
+        Name = name,
+        ImageSize = 224, PatchSize = patch, InChannels = 3, EmbedDim = dim, Depth = depth, NumHeads = heads, MlpRatio = 4,
         NumClasses = numClasses,
         ClassNames = Enumerable.Range(0, numClasses).Select(i => $"class_{i}").ToArray(),
         Mean = [0.485f, 0.456f, 0.406f], Std = [0.229f, 0.224f, 0.225f],

@@ -1,3 +1,4 @@
+using Ecmt.Engine.Model;
 using Ecmt.Kernels;
 
 namespace Ecmt.Engine.Simulation;
@@ -61,6 +62,8 @@ public sealed class SpikingSession : IDisposable
     readonly float[] _embedHost;
     // (depth, EC modules): the ANN's output of each module an ablation replaces, for the current images; else null.
     readonly DeviceTensor?[,]? _annValues;
+    // (depth): each block's relative position bias (1, H, N, N) on the backend, or null (blocks sharing one table share it)
+    readonly DeviceTensor?[] _relPosBias;
 
     sealed record BlockState(
         EcState Ln1, DeviceTensor FcQkvMembrane, SpikeTensor FcQkvSpikes,
@@ -114,6 +117,20 @@ public sealed class SpikingSession : IDisposable
         }
         _counters = backend.AllocateCounters(b);
         _owned.Add(_counters);
+        var uploaded = new Dictionary<float[], DeviceTensor>(ReferenceEqualityComparer.Instance);
+        _relPosBias = model.Blocks.Select(blk =>
+        {
+            if (blk.RelPosBias is not { } bias) return null;
+            if (!uploaded.TryGetValue(bias, out var tensor))
+            {
+                tensor = Tensor(1, h, n, n);
+                backend.Upload(bias, tensor);
+                uploaded[bias] = tensor;
+            }
+            return tensor;
+        }).ToArray();
+        if (c.PostNorm && model.Ablation.AnnValues.Any(m => m is EcModule.Ln1 or EcModule.Ln2))
+            throw new NotSupportedException("post-norm blocks: EC-LN1 and EC-LN2 do not feed a neuron place, so an ablation cannot replace them");
     }
 
     public int Images { get; }
@@ -167,13 +184,21 @@ public sealed class SpikingSession : IDisposable
         {
             var w = _model.Blocks[l];
             var s = _blocks[l];
-            // Attention: x += proj(MT(EC(A·V)))  with  A = MT(EC-softmax(EC(Q·Kᵀ))),  q, k, v = MT(qkv(MT(EC-LN1(x))))
-            be.LayerNormEc(_x, s.Ln1, w.Norm1, t, _h);
-            AnnValue(l, EcModule.Ln1, _h);
-            be.Fire(_h, s.FcQkvMembrane, s.FcQkvSpikes, _counters, fanOut: w.Qkv.Out);
+            // Attention: x += proj(MT(EC(A·V)))  with  A = MT(EC-softmax(EC(Q·Kᵀ) + bias)),  q, k, v = MT(qkv(MT(EC-LN1(x))));
+            // post-norm: x += EC-LN1(proj(MT(EC(A·V)))) with q, k, v = MT(qkv(MT(x))). Layer scale is folded into proj / LN1.
+            var attnIn = _h;
+            if (c.PostNorm) attnIn = _x;
+            else
+            {
+                be.LayerNormEc(_x, s.Ln1, w.Norm1, t, _h);
+                AnnValue(l, EcModule.Ln1, _h);
+            }
+            be.Fire(attnIn, s.FcQkvMembrane, s.FcQkvSpikes, _counters, fanOut: w.Qkv.Out);
             be.SpikeLinear(s.FcQkvSpikes, w.Qkv, _qkv);
             be.Fire(_qkv, s.QkvMembrane, s.QkvSpikes, _counters, fanOut: 0);
             be.AttentionScoresEc(s.QkvSpikes, s.QkvSums, s.ScoreProducts, c.NumHeads, scale, t, _scores, _counters);
+            // The relative position bias does not depend on spikes: added to every step's increment, the scores sum to t·(scale·QKᵀ + bias).
+            if (_relPosBias[l] is { } relBias) be.AddBroadcast(_scores, relBias);
             be.SoftmaxEc(_scores, s.Softmax, t, _probs);
             AnnValue(l, EcModule.Softmax, _probs);
             be.Fire(_probs, s.SMembrane, s.SSpikes, _counters, fanOut: 0);
@@ -181,20 +206,27 @@ public sealed class SpikingSession : IDisposable
             AnnValue(l, EcModule.AttentionValues, _attn);
             be.Fire(_attn, s.FcOutMembrane, s.FcOutSpikes, _counters, fanOut: w.Proj.Out);
             be.SpikeLinear(s.FcOutSpikes, w.Proj, _residual);
-            be.Add(_x, _residual);
-            // MLP: x += fc2(MT(EC-GELU(fc1(MT(EC-LN2(x))))))
-            be.LayerNormEc(_x, s.Ln2, w.Norm2, t, _h);
-            AnnValue(l, EcModule.Ln2, _h);
-            be.Fire(_h, s.Fc1Membrane, s.Fc1Spikes, _counters, fanOut: w.Fc1.Out);
+            AddBranch(s.Ln1, w.Norm1, t);
+            // MLP: x += fc2(MT(EC-GELU(fc1(MT(EC-LN2(x)))))); post-norm: x += EC-LN2(fc2(MT(EC-GELU(fc1(MT(x))))))
+            var mlpIn = _h;
+            if (c.PostNorm) mlpIn = _x;
+            else
+            {
+                be.LayerNormEc(_x, s.Ln2, w.Norm2, t, _h);
+                AnnValue(l, EcModule.Ln2, _h);
+            }
+            be.Fire(mlpIn, s.Fc1Membrane, s.Fc1Spikes, _counters, fanOut: w.Fc1.Out);
             be.SpikeLinear(s.Fc1Spikes, w.Fc1, _hidden);
             be.GeluEc(_hidden, s.Gelu, t, _gelu);
             AnnValue(l, EcModule.Gelu, _gelu);
             be.Fire(_gelu, s.Fc2Membrane, s.Fc2Spikes, _counters, fanOut: w.Fc2.Out);
             be.SpikeLinear(s.Fc2Spikes, w.Fc2, _residual);
-            be.Add(_x, _residual);
+            AddBranch(s.Ln2, w.Norm2, t);
         }
-        // The head reads EC-LN of the class token directly (no neuron) and its increments are accumulated.
-        be.SelectToken(_x, 0, _cls);
+        // The head reads EC-LN of the class token, or EC-fc_norm of the mean of the patch tokens (linear: the mean of the
+        // increments), directly (no neuron); its increments are accumulated.
+        if (c.Pooling == Pooling.Mean) be.MeanTokens(_x, 1, _cls);
+        else be.SelectToken(_x, 0, _cls);
         be.LayerNormEc(_cls, _finalNorm, _model.FinalNorm, t, _clsNorm);
         be.Linear(_clsNorm, _model.Head, _logits);
         be.Add(_accumulated, _logits);
@@ -203,6 +235,17 @@ public sealed class SpikingSession : IDisposable
         be.Download(_accumulated, output.AccumulatedLogits);
         be.ReadCounters(_counters, output.Spikes, output.Sops);
         return output;
+    }
+
+    /// <summary>x += the branch output in _residual; post-norm blocks pass it through their EC-LayerNorm first.</summary>
+    void AddBranch(EcState ln, LayerNormLayer norm, int t)
+    {
+        if (_model.Config.PostNorm)
+        {
+            _backend.LayerNormEc(_residual, ln, norm, t, _h);
+            _backend.Add(_x, _h);
+        }
+        else _backend.Add(_x, _residual);
     }
 
     /// <summary>An ablation's hook: the EC module's output becomes the ANN's value there (every step adds it once).</summary>
