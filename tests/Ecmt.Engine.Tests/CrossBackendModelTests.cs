@@ -76,15 +76,17 @@ public class CrossBackendModelTests
             ConversionSettings.Calibrated(ThresholdGranularity.PerChannel), batchSize: 20));
     }
 
-    /// <summary>One case per layout and backend: the accumulated logits and the counts of every step as the reference's.</summary>
+    /// <summary>
+    /// One case per layout and backend: the accumulated logits and the counts of every step as the reference's. ILGPU's
+    /// CPU accelerator (cpu) is slow, so it runs the two layouts that between them use every layout operation; the
+    /// conformance suite holds it to the reference on each operation.
+    /// </summary>
     [Theory]
     [InlineData("eva", "fastcpu")]
     [InlineData("beit-shared", "fastcpu")]
     [InlineData("no-qkv-bias", "fastcpu")]
     [InlineData("post-norm", "fastcpu")]
     [InlineData("eva", "cpu")]
-    [InlineData("beit-shared", "cpu")]
-    [InlineData("no-qkv-bias", "cpu")]
     [InlineData("post-norm", "cpu")]
     [InlineData("eva", "cuda")]
     [InlineData("beit-shared", "cuda")]
