@@ -52,6 +52,28 @@ public class LayoutTests
     }
 
     [Fact]
+    public void The_shipped_eva_model_matches_libtorch_on_real_images()
+    {
+        string? dir = null;
+        try
+        {
+            dir = Path.Combine(Path.GetDirectoryName(ModelDirectory.DefaultModelPath())!, "fmnist-eva");
+        }
+        catch (DirectoryNotFoundException)
+        {
+        }
+        Assert.SkipWhen(dir is null || !File.Exists(Path.Combine(dir, ModelDirectory.WeightsFile)), "models/fmnist-eva is not in this checkout");
+        Assert.SkipUnless(Data.FashionMnist.IsAvailable, "Fashion-MNIST is not installed (dataset-fashion-mnist)");
+        var weights = ModelDirectory.Load(dir!);
+        Assert.Equal((QkvBias.QV, LayerScale.Gamma, RelPosBias.PerBlock, false, Pooling.Mean),
+            (weights.Config.QkvBias, weights.Config.LayerScale, weights.Config.RelPosBias, weights.Config.AbsPosEmbed, weights.Config.Pooling));
+        var test = Data.FashionMnist.Load(Data.Split.Test).Take(64);
+        var images = test.Normalized(0, 64, weights.Config);
+        float error = MaxDifference(TorchLogits(weights, images, 64), new ReferenceVit(weights).Forward(images, 64));
+        Assert.True(error <= 1e-4f, $"max |logit difference| {error}");
+    }
+
+    [Fact]
     public void Each_layout_option_changes_the_output()
     {
         var baseConfig = TestModels.TinyLayout("eva");
