@@ -25,17 +25,39 @@ static class BenchServerCommand
         var warmup = new Option<double>("--warmup") { Description = "Seconds run before measuring (connections, JIT, session pools)", DefaultValueFactory = _ => 0 };
         var images = new Option<string[]>("--images") { Description = "PNG or JPEG files or folders to send (default: Fashion-MNIST test images, from Debian's dataset-fashion-mnist)", AllowMultipleArgumentsPerToken = true };
         var count = new Option<int>("--count") { Description = "Fashion-MNIST test images to use when --images is not given", DefaultValueFactory = _ => 100 };
+        var floodKey = new Option<string?>("--flood-key")
+        {
+            Description = "Also flood the server from a second caller with this API key (access control): --flood-concurrency loops sending classifications back to back, "
+                + "refusals not waited on; reports how many it got admitted and refused per second while the measured streams (--api-key) run",
+        };
+        var floodConcurrency = new Option<int>("--flood-concurrency") { Description = "Loops of the --flood-key caller", DefaultValueFactory = _ => 8 };
         var command = new Command("bench-server", "Load-test a running ecmt-server: C concurrent Classify streams for S seconds; throughput, latency percentiles, steps used, errors by status.")
         {
-            concurrency, duration, warmup, images, count,
+            concurrency, duration, warmup, images, count, floodKey, floodConcurrency,
         };
         foreach (var option in server.All) command.Options.Add(option);
         command.SetAction((parse, cancellationToken) => RunAsync(parse, server, new Settings(
-            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count)), cancellationToken));
+            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count),
+            parse.GetValue(floodKey), parse.GetValue(floodConcurrency)), cancellationToken));
         return command;
     }
 
-    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count);
+    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count, string? FloodKey, int FloodConcurrency);
+
+    /// <summary>What the flooding caller got, counted inside the measured window.</summary>
+    sealed class Flood
+    {
+        long _admitted, _refused, _other;
+        public long Admitted => Interlocked.Read(ref _admitted);
+        public long Refused => Interlocked.Read(ref _refused);
+        public long Other => Interlocked.Read(ref _other);
+        public void Count(string? code)
+        {
+            if (code is null) Interlocked.Increment(ref _admitted);
+            else if (code == "RESOURCE_EXHAUSTED") Interlocked.Increment(ref _refused);
+            else Interlocked.Increment(ref _other);
+        }
+    }
 
     /// <summary>What the streams measured; every member is safe to update from many streams.</summary>
     sealed class Tally
@@ -87,6 +109,8 @@ static class BenchServerCommand
             if (settings.Concurrency < 1) throw new ArgumentException($"--concurrency is {settings.Concurrency}: it must be at least 1");
             if (!(settings.Duration > 0)) throw new ArgumentException($"--duration is {settings.Duration}: it must be positive");
             if (!(settings.Warmup >= 0)) throw new ArgumentException($"--warmup is {settings.Warmup}: it must not be negative");
+            if (settings.FloodKey is not null && settings.FloodConcurrency < 1)
+                throw new ArgumentException($"--flood-concurrency is {settings.FloodConcurrency}: it must be at least 1");
             server.Address(parse);
             options = server.ClassifyOptions(parse, topK: 0);
             inputs = LoadImages(settings);
@@ -98,6 +122,8 @@ static class BenchServerCommand
 
         var tally = new Tally();
         using var client = server.Client(parse, _ => tally.Retry());
+        using var flooder = settings.FloodKey is { } key ? server.Client(parse, apiKey: key) : null;
+        var flood = new Flood();
         ModelInfo model;
         try
         {
@@ -118,7 +144,9 @@ static class BenchServerCommand
         window.CancelAfter(end);
         var clock = Stopwatch.StartNew();
         int next = -1;
-        var streams = Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(() => StreamAsync(), CancellationToken.None)).ToArray();
+        var streams = Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(() => StreamAsync(), CancellationToken.None))
+            .Concat(flooder is null ? [] : Enumerable.Range(0, settings.FloodConcurrency).Select(_ => Task.Run(() => FloodAsync(flooder), CancellationToken.None)))
+            .ToArray();
         var all = Task.WhenAll(streams);
 
         var errors = parse.InvocationConfiguration.Error;
@@ -139,6 +167,16 @@ static class BenchServerCommand
         double seconds = Math.Max(1e-9, (Min(clock.Elapsed, end) - warmup).TotalSeconds);
 
         var report = Report(parse, server, settings, model, options, inputs.Length, tally, seconds);
+        if (flooder is not null)
+            report["flood"] = new JsonObject
+            {
+                ["concurrency"] = settings.FloodConcurrency,
+                ["admitted"] = flood.Admitted,
+                ["refused"] = flood.Refused,
+                ["other_errors"] = flood.Other,
+                ["admitted_per_s"] = Math.Round(flood.Admitted / seconds, 1),
+                ["refused_per_s"] = Math.Round(flood.Refused / seconds, 1),
+            };
         if (parse.GetValue(server.Json)) await parse.InvocationConfiguration.Output.WriteLineAsync(report.ToJsonString());
         else WriteTables(Consoles.For(parse.InvocationConfiguration.Output), report);
         return tally.Images > 0 ? 0 : 1;
@@ -176,6 +214,30 @@ static class BenchServerCommand
                     // A failing server is not hammered in a tight loop.
                     await Task.Delay(20, CancellationToken.None);
                 }
+            }
+        }
+
+        // The flooding caller: classifications back to back, a refusal followed at once by the next request.
+        async Task FloodAsync(EcmtClient flooding)
+        {
+            while (!window.IsCancellationRequested && clock.Elapsed < end)
+            {
+                var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
+                bool measured = clock.Elapsed >= warmup;
+                string? code = null;
+                try
+                {
+                    await flooding.ClassifyToEndAsync(model.Name, input, options, window.Token);
+                }
+                catch (OperationCanceledException) when (window.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (EcmtRpcException e)
+                {
+                    code = e.Code;
+                }
+                if (measured && clock.Elapsed < end) flood.Count(code);
             }
         }
     }
@@ -279,5 +341,7 @@ static class BenchServerCommand
             latency.AddRow([label, .. new[] { "p50", "p95", "p99", "mean", "max" }.Select(c => p is null ? "-" : p[c]!.GetValue<double>().ToString("F1", CultureInfo.InvariantCulture))]);
         }
         console.Write(latency);
+        if (r["flood"] is JsonObject f)
+            console.WriteLine($"flood from the second key ({f["concurrency"]} loops): admitted {f["admitted_per_s"]}/s, refused {f["refused_per_s"]}/s (RESOURCE_EXHAUSTED), other errors {f["other_errors"]}");
     }
 }

@@ -37,6 +37,7 @@ public sealed class EcmtOptions
     [Range(1, int.MaxValue)] public int DefaultSteps { get; set; } = 8;
 
     public TlsOptions Tls { get; set; } = new();
+    public Access.AccessOptions Access { get; set; } = new();
     public LimitOptions Limits { get; set; } = new();
     public ShutdownOptions Shutdown { get; set; } = new();
 }
@@ -50,6 +51,10 @@ public sealed class TlsOptions
     public string? KeyFile { get; set; }
     /// <summary>Password of a PKCS#12 file or an encrypted PEM key.</summary>
     public string? Password { get; set; }
+    /// <summary>PEM file of the CA(s) client certificates must chain to (mutual TLS; needs Ecmt:Access:File to name the subjects). Unset: no client certificates asked for.</summary>
+    public string? ClientCaFile { get; set; }
+    /// <summary>Refuse the TLS handshake without a client certificate (callers cannot use API keys then). Default: ask for one, accept API keys too.</summary>
+    public bool RequireClientCertificate { get; set; }
 
     public bool Enabled => !string.IsNullOrWhiteSpace(CertificateFile);
 }
