@@ -108,7 +108,7 @@ if eva:
     lines += ["### The EVA-layout model on the test set, beside the ViT", "",
               f"`models/fmnist-eva` (q/v bias, layer scale, a relative position bias per block, no absolute position "
               f"embedding, mean pooling + fc_norm; README \"The EVA-layout model\"), converted with the ViT's recipe: "
-              f"`ecmt eval --model models/fmnist-eva --steps 32 --backend {eva['backend']}` ({eva['seconds']:.0f} s). "
+              f"`ecmt eval --model models/fmnist-eva --steps 32 --backend {eva['backend'].split()[0]}` ({eva['seconds']:.0f} s on the shared machine, backend {eva['backend']}). "
               f"ANN top-1 **{pct(ann)} %**" + (f" (the ViT's: {pct(default['ann_top1'])} %)." if default else "."), "",
               "| T | EVA SNN top-1 % | vs its ANN (points) | energy ratio | firing rate | ECE, τ_t |"
               + (" ViT SNN top-1 % |" if vit else ""),
