@@ -13,7 +13,8 @@ namespace Ecmt.Cli;
 /// <summary>
 /// <c>ecmt bench-server</c>: a load generator. C streams run back to back for S seconds over a set of images, all on
 /// one client (one channel); it reports throughput (image-steps and images per second), the time to the first update
-/// and to the last (p50, p95, p99), the mean steps used, and failures counted by status.
+/// and to the last (p50, p95, p99), the time between a stream's consecutive updates (per-step latency), the mean
+/// steps used, and failures counted by status.
 /// </summary>
 static class BenchServerCommand
 {
@@ -31,18 +32,19 @@ static class BenchServerCommand
                 + "refusals not waited on; reports how many it got admitted and refused per second while the measured streams (--api-key) run",
         };
         var floodConcurrency = new Option<int>("--flood-concurrency") { Description = "Loops of the --flood-key caller", DefaultValueFactory = _ => 8 };
+        var cancelFraction = new Option<double>("--cancel-fraction") { Description = "Fraction of calls the client cancels after a random 1–1000 ms (a soak of cancels and deadlines)", DefaultValueFactory = _ => 0 };
         var command = new Command("bench-server", "Load-test a running ecmt-server: C concurrent Classify streams for S seconds; throughput, latency percentiles, steps used, errors by status.")
         {
-            concurrency, duration, warmup, images, count, floodKey, floodConcurrency,
+            concurrency, duration, warmup, images, count, floodKey, floodConcurrency, cancelFraction,
         };
         foreach (var option in server.All) command.Options.Add(option);
         command.SetAction((parse, cancellationToken) => RunAsync(parse, server, new Settings(
             parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count),
-            parse.GetValue(floodKey), parse.GetValue(floodConcurrency)), cancellationToken));
+            parse.GetValue(floodKey), parse.GetValue(floodConcurrency), parse.GetValue(cancelFraction)), cancellationToken));
         return command;
     }
 
-    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count, string? FloodKey, int FloodConcurrency);
+    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count, string? FloodKey, int FloodConcurrency, double CancelFraction);
 
     /// <summary>What the flooding caller got, counted inside the measured window.</summary>
     sealed class Flood
@@ -63,10 +65,10 @@ static class BenchServerCommand
     sealed class Tally
     {
         readonly Lock _lock = new();
-        readonly List<double> _firstMs = [], _lastMs = [];
+        readonly List<double> _firstMs = [], _lastMs = [], _gapMs = [];
         readonly Dictionary<string, int> _errors = new(StringComparer.Ordinal);
         long _imageSteps, _steps;
-        int _cutOff, _retries;
+        int _cutOff, _retries, _cancelled;
 
         public long ImageSteps => Interlocked.Read(ref _imageSteps);
         public int Images { get { lock (_lock) return _lastMs.Count; } }
@@ -75,8 +77,16 @@ static class BenchServerCommand
         public int Retries => Volatile.Read(ref _retries);
 
         public void Step() => Interlocked.Increment(ref _imageSteps);
+
+        /// <summary>Time between two consecutive updates of one stream: the per-step latency a client sees.</summary>
+        public void Gap(TimeSpan gap)
+        {
+            lock (_lock) _gapMs.Add(gap.TotalMilliseconds);
+        }
         public void Retry() => Interlocked.Increment(ref _retries);
         public void Cut() => Interlocked.Increment(ref _cutOff);
+        public void Cancelled() => Interlocked.Increment(ref _cancelled);
+        public int CancelledCalls => Volatile.Read(ref _cancelled);
 
         public void Completed(TimeSpan first, TimeSpan last, int steps)
         {
@@ -91,6 +101,11 @@ static class BenchServerCommand
         public void Failed(string code)
         {
             lock (_lock) _errors[code] = _errors.GetValueOrDefault(code) + 1;
+        }
+
+        public double[] Gaps()
+        {
+            lock (_lock) return [.. _gapMs];
         }
 
         public (double[] First, double[] Last, double? MeanSteps, SortedDictionary<string, int> Errors) Snapshot()
@@ -109,6 +124,7 @@ static class BenchServerCommand
             if (settings.Concurrency < 1) throw new ArgumentException($"--concurrency is {settings.Concurrency}: it must be at least 1");
             if (!(settings.Duration > 0)) throw new ArgumentException($"--duration is {settings.Duration}: it must be positive");
             if (!(settings.Warmup >= 0)) throw new ArgumentException($"--warmup is {settings.Warmup}: it must not be negative");
+            if (!(settings.CancelFraction is >= 0 and <= 1)) throw new ArgumentException($"--cancel-fraction is {settings.CancelFraction}: it must lie in [0, 1]");
             if (settings.FloodKey is not null && settings.FloodConcurrency < 1)
                 throw new ArgumentException($"--flood-concurrency is {settings.FloodConcurrency}: it must be at least 1");
             server.Address(parse);
@@ -191,15 +207,23 @@ static class BenchServerCommand
                 var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
                 bool measured = clock.Elapsed >= warmup;
                 StepUpdate? first = null, last = null;
+                using var cancel = settings.CancelFraction > 0 && Random.Shared.NextDouble() < settings.CancelFraction
+                    ? CancellationTokenSource.CreateLinkedTokenSource(window.Token) : null;
+                cancel?.CancelAfter(Random.Shared.Next(1, 1001));
                 try
                 {
-                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, window.Token))
+                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, cancel?.Token ?? window.Token))
                     {
                         first ??= update;
+                        var previous = last;
                         last = update;
                         var now = clock.Elapsed;
                         if (now >= end) break;
-                        if (now >= warmup) tally.Step();
+                        if (now >= warmup)
+                        {
+                            tally.Step();
+                            if (previous is not null) tally.Gap(update.Elapsed - previous.Elapsed);
+                        }
                     }
                     if (measured && last is { IsLast: true } && clock.Elapsed < end) tally.Completed(first!.Elapsed, last.Elapsed, last.Step);
                     else if (measured && last is not null) tally.Cut();
@@ -207,6 +231,10 @@ static class BenchServerCommand
                 catch (OperationCanceledException) when (window.IsCancellationRequested)
                 {
                     if (measured) tally.Cut();
+                }
+                catch (Exception e) when (cancel is { IsCancellationRequested: true } && e is OperationCanceledException or EcmtRpcException { Code: "CANCELLED" })
+                {
+                    if (measured) tally.Cancelled();
                 }
                 catch (EcmtRpcException e)
                 {
@@ -290,7 +318,9 @@ static class BenchServerCommand
             ["mean_steps"] = meanSteps is double m ? Math.Round(m, 3) : null,
             ["first_update_ms"] = Percentiles(first),
             ["last_update_ms"] = Percentiles(last),
+            ["step_latency_ms"] = Percentiles(tally.Gaps()),
             ["cut_off"] = tally.CutOff,
+            ["cancelled_by_client"] = tally.CancelledCalls,
             ["retries"] = tally.Retries,
             ["errors"] = errorJson,
             ["error_count"] = errors.Values.Sum(),
@@ -335,7 +365,7 @@ static class BenchServerCommand
 
         var latency = new Table().Border(TableBorder.Rounded).Title("time (ms)").AddColumn("");
         foreach (var column in new[] { "p50", "p95", "p99", "mean", "max" }) latency.AddColumn(new TableColumn(column).RightAligned());
-        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms") })
+        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms"), ("between updates (per step)", "step_latency_ms") })
         {
             var p = r[key]?.AsObject();
             latency.AddRow([label, .. new[] { "p50", "p95", "p99", "mean", "max" }.Select(c => p is null ? "-" : p[c]!.GetValue<double>().ToString("F1", CultureInfo.InvariantCulture))]);

@@ -108,7 +108,8 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess
         // Per-caller admission (access control: the caller's rate and concurrent streams), then the server's.
         using var callerSlot = access.Admit();
         using var slot = limiter.TryAcquire()
-            ?? throw Fail(StatusCode.ResourceExhausted, $"too many classifications: this server runs {_options.Limits.MaxConcurrentStreams} at once; retry later");
+            ?? throw Fail(StatusCode.ResourceExhausted, $"too many classifications: this server admits {_options.Limits.MaxConcurrentStreams} at once; retry later",
+                Pushback(TimeSpan.FromSeconds(1)));
         metrics.StreamStarted();
         try
         {
@@ -127,6 +128,11 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess
         catch (ModelNotReadyException e)
         {
             throw NotReady(e);
+        }
+        catch (SchedulerFullException e)
+        {
+            // Every slot of the model's batch is taken and its wait queue is full.
+            throw Fail(StatusCode.ResourceExhausted, e.Message, Pushback(e.RetryAfter));
         }
         catch (StopPolicyUnavailableException e)
         {
@@ -169,6 +175,9 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess
         }
     }
 
+    /// <summary>The standard gRPC retry hint (gRFC A6): a client should wait this long before trying again.</summary>
+    static Metadata Pushback(TimeSpan wait) => new() { { "grpc-retry-pushback-ms", ((long)Math.Ceiling(wait.TotalMilliseconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) } };
+
     static RpcException NotReady(ModelNotReadyException e) =>
         Fail(e.State == ModelState.Failed ? StatusCode.FailedPrecondition : StatusCode.Unavailable, e.Message);
 
@@ -177,7 +186,10 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess
         trailers is null ? new(new Status(code, message)) : new(new Status(code, message), trailers);
 }
 
-/// <summary>Admits at most a fixed number of classifications at once (every protocol); refuses rather than queues, so clients back off.</summary>
+/// <summary>
+/// Admits at most a fixed number of classifications at once over every model and protocol (running or waiting for a
+/// slot of a model's batch): the server-wide bound on top of each model's own batch limit and wait queue.
+/// </summary>
 sealed class StreamLimiter(IOptions<EcmtOptions> options)
 {
     readonly int _limit = options.Value.Limits.MaxConcurrentStreams;

@@ -114,7 +114,36 @@ public abstract class BackendConformance : IDisposable
         }
     }
 
+    /// <summary>Per-image steps on both backends.</summary>
+    sealed class StepsPair(ISpikingBackend reference, ISpikingBackend candidate, int images)
+    {
+        public readonly ImageSteps Expected = reference.AllocateSteps(images), Actual = candidate.AllocateSteps(images);
+
+        public void Set(params int[] steps)
+        {
+            reference.UploadSteps(steps, Expected);
+            candidate.UploadSteps(steps, Actual);
+        }
+    }
+
+    /// <summary>
+    /// Steps of two images sharing every call: image 0 from iteration 1, image 1 joining at iteration
+    /// <see cref="Joins"/> (its state cleared then, without touching image 0's), so the batch mixes steps.
+    /// </summary>
+    const int Joins = 3;
+    static int[] MixedSteps(int iteration) => [iteration, iteration < Joins ? iteration : iteration - Joins + 1];
+
+    void ClearImage(int image, params Pair[] tensors)
+    {
+        foreach (var t in tensors)
+        {
+            _reference.ClearImage(t.Expected, image);
+            Candidate.ClearImage(t.Actual, image);
+        }
+    }
+
     Pair Tensors(params int[] shape) => new(_reference, Candidate, shape);
+    StepsPair Steps(int images) => new(_reference, Candidate, images);
     SpikePair Spikes(MultiThresholdNeuron neuron, params int[] shape) => new(_reference, Candidate, neuron, shape);
     CounterPair Counters(int images) => new(_reference, Candidate, images);
 
@@ -201,22 +230,26 @@ public abstract class BackendConformance : IDisposable
             _reference.Clear(s.Expected);
             Candidate.Clear(s.Actual);
         }
+        var steps = Steps(2);
         for (int t = 1; t <= 8; t++)
         {
+            // Image 1 starts over at iteration Joins: the two images run at different steps from then on.
+            if (t == Joins) ClearImage(1, inputSum, outputSum);
+            steps.Set(MixedSteps(t));
             input.Set(TestData.Normal((int)input.Expected.Length, 30 + t, std: 1.5f));
             switch (function)
             {
                 case "layernorm":
-                    _reference.LayerNormEc(input.Expected, expectedState, norm, t, output.Expected);
-                    Candidate.LayerNormEc(input.Actual, actualState, norm, t, output.Actual);
+                    _reference.LayerNormEc(input.Expected, expectedState, norm, steps.Expected, output.Expected);
+                    Candidate.LayerNormEc(input.Actual, actualState, norm, steps.Actual, output.Actual);
                     break;
                 case "gelu":
-                    _reference.GeluEc(input.Expected, expectedState, t, output.Expected);
-                    Candidate.GeluEc(input.Actual, actualState, t, output.Actual);
+                    _reference.GeluEc(input.Expected, expectedState, steps.Expected, output.Expected);
+                    Candidate.GeluEc(input.Actual, actualState, steps.Actual, output.Actual);
                     break;
                 default:
-                    _reference.SoftmaxEc(input.Expected, expectedState, t, output.Expected);
-                    Candidate.SoftmaxEc(input.Actual, actualState, t, output.Actual);
+                    _reference.SoftmaxEc(input.Expected, expectedState, steps.Expected, output.Expected);
+                    Candidate.SoftmaxEc(input.Actual, actualState, steps.Actual, output.Actual);
                     break;
             }
             output.AssertClose($"{function} output at t = {t}", atol: 1e-4f);
@@ -248,16 +281,20 @@ public abstract class BackendConformance : IDisposable
         _reference.Clear(counters.Expected);
         Candidate.Clear(counters.Actual);
         float scale = 1f / MathF.Sqrt(d / heads);
+        var imageSteps = Steps(images);
         for (int t = 1; t <= steps; t++)
         {
+            // Image 1 starts over at iteration Joins (its sums and products cleared): mixed steps in one call.
+            if (t == Joins) ClearImage(1, qkvSums, probSums, scoreProducts, valueProducts);
+            imageSteps.Set(MixedSteps(t));
             qkv.Set(TestData.Codes(images * n * 3 * d, 5, seed: t, density: 0.1 * t));
             probs.Set(TestData.Codes(images * heads * n * n, 5, seed: 100 + t, density: 0.3));
-            _reference.AttentionScoresEc(qkv.Expected, qkvSums.Expected, scoreProducts.Expected, heads, scale, t, scores.Expected, counters.Expected);
-            Candidate.AttentionScoresEc(qkv.Actual, qkvSums.Actual, scoreProducts.Actual, heads, scale, t, scores.Actual, counters.Actual);
+            _reference.AttentionScoresEc(qkv.Expected, qkvSums.Expected, scoreProducts.Expected, heads, scale, imageSteps.Expected, scores.Expected, counters.Expected);
+            Candidate.AttentionScoresEc(qkv.Actual, qkvSums.Actual, scoreProducts.Actual, heads, scale, imageSteps.Actual, scores.Actual, counters.Actual);
             scores.AssertClose($"scores at t = {t}", atol: 1e-4f);
             counters.AssertEqual($"counters after scores at t = {t}");
-            _reference.AttentionValuesEc(probs.Expected, probSums.Expected, qkv.Expected, qkvSums.Expected, valueProducts.Expected, heads, t, output.Expected, counters.Expected);
-            Candidate.AttentionValuesEc(probs.Actual, probSums.Actual, qkv.Actual, qkvSums.Actual, valueProducts.Actual, heads, t, output.Actual, counters.Actual);
+            _reference.AttentionValuesEc(probs.Expected, probSums.Expected, qkv.Expected, qkvSums.Expected, valueProducts.Expected, heads, imageSteps.Expected, output.Expected, counters.Expected);
+            Candidate.AttentionValuesEc(probs.Actual, probSums.Actual, qkv.Actual, qkvSums.Actual, valueProducts.Actual, heads, imageSteps.Actual, output.Actual, counters.Actual);
             output.AssertClose($"A·V at t = {t}", atol: 1e-4f);
             qkvSums.AssertClose($"qkv sums at t = {t}");
             probSums.AssertClose($"probability sums at t = {t}");
@@ -306,6 +343,13 @@ public abstract class BackendConformance : IDisposable
         var reference = new float[150];
         _reference.Download(scores.Expected, reference);
         Assert.Equal(expectedScores[2 * 50 + 17] + biasValues[17], reference[2 * 50 + 17], 5);
+        // over a view of the first two images (a batched session's occupied slots) the third is left as it was
+        _reference.AddBroadcast(_reference.Prefix(scores.Expected, 2), bias.Expected);
+        Candidate.AddBroadcast(Candidate.Prefix(scores.Actual, 2), bias.Actual);
+        scores.AssertClose("broadcast add over a prefix view");
+        _reference.Download(scores.Expected, reference);
+        Assert.Equal(expectedScores[2 * 50 + 17] + biasValues[17], reference[2 * 50 + 17], 5);
+        Assert.Equal(expectedScores[17] + 2 * biasValues[17], reference[17], 4);
 
         // Mean pooling of the patch tokens: (B, N, D) -> (B, D) over tokens 1 … N − 1.
         var x = Tensors(2, 5, 8);
@@ -318,5 +362,34 @@ public abstract class BackendConformance : IDisposable
         var pooled = new float[16];
         _reference.Download(mean.Expected, pooled);
         Assert.Equal((values[40 + 8 + 3] + values[40 + 16 + 3] + values[40 + 24 + 3] + values[40 + 32 + 3]) / 4, pooled[8 + 3], 5);
+    }
+
+    [Fact]
+    public void Per_image_clear_copy_and_prefix_views_match_the_reference()
+    {
+        var x = Tensors(3, 4, 8);
+        var y = Tensors(3, 4, 8);
+        x.Set(TestData.Normal(96, 5));
+        y.Set(TestData.Normal(96, 6));
+        _reference.ClearImage(x.Expected, 1);
+        Candidate.ClearImage(x.Actual, 1);
+        x.AssertClose("clear image 1");
+        _reference.CopyImage(x.Expected, 2, 0);
+        Candidate.CopyImage(x.Actual, 2, 0);
+        x.AssertClose("copy image 2 over image 0");
+        // An operation on views of the first two images leaves the third as it was.
+        DeviceTensor ex = _reference.Prefix(x.Expected, 2), ey = _reference.Prefix(y.Expected, 2);
+        DeviceTensor ax = Candidate.Prefix(x.Actual, 2), ay = Candidate.Prefix(y.Actual, 2);
+        Assert.Equal([2, 4, 8], ax.Shape);
+        _reference.Add(ex, ey);
+        Candidate.Add(ax, ay);
+        x.AssertClose("add over a prefix view");
+        var all = new float[96];
+        Candidate.Download(x.Actual, all);
+        var before = TestData.Normal(96, 5);
+        Assert.Equal(before.AsSpan(64, 32).ToArray(), all.AsSpan(64, 32).ToArray());
+        var head = new float[64];
+        Candidate.Download(ax, head);
+        Assert.Equal(all.AsSpan(0, 64).ToArray(), head);
     }
 }

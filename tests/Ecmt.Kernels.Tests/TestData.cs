@@ -4,6 +4,14 @@ namespace Ecmt.Kernels.Tests;
 
 static class TestData
 {
+    /// <summary>Every one of <paramref name="images"/> images at step <paramref name="t"/>, on <paramref name="backend"/>.</summary>
+    public static ImageSteps Uniform(ISpikingBackend backend, int images, int t)
+    {
+        var steps = backend.AllocateSteps(images);
+        backend.UploadSteps(Enumerable.Repeat(t, images).ToArray(), steps);
+        return steps;
+    }
+
     public static float[] Normal(int count, int seed, float std = 1f, float mean = 0f)
     {
         var rng = new Random(seed);

@@ -142,7 +142,8 @@ public sealed class KestrelTests
         Assert.Equal("/c.pem", options.Tls.CertificateFile);
         Assert.Equal(9464, options.MetricsPort);
         Assert.Equal(8080, options.HttpPort);
-        Assert.Equal(16, options.Limits.MaxConcurrentStreams);
+        Assert.Equal(96, options.Limits.MaxConcurrentStreams);
+        Assert.Equal(32, options.Batching.MaxBatch);
     }
 
     [Fact]
