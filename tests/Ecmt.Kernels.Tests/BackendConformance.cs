@@ -327,6 +327,44 @@ public abstract class BackendConformance : IDisposable
     }
 
     [Fact]
+    public void Layout_helpers_match_the_reference()
+    {
+        // The relative position bias: (1, H, N, N) added to every image's scores (B, H, N, N).
+        var scores = Tensors(3, 2, 5, 5);
+        var bias = Tensors(1, 2, 5, 5);
+        var expectedScores = TestData.Normal(150, 3);
+        var biasValues = TestData.Normal(50, 4);
+        scores.Set(expectedScores);
+        bias.Set(biasValues);
+        _reference.AddBroadcast(scores.Expected, bias.Expected);
+        Candidate.AddBroadcast(scores.Actual, bias.Actual);
+        scores.AssertClose("broadcast add");
+        // and the reference does what it says
+        var reference = new float[150];
+        _reference.Download(scores.Expected, reference);
+        Assert.Equal(expectedScores[2 * 50 + 17] + biasValues[17], reference[2 * 50 + 17], 5);
+        // over a view of the first two images (a batched session's occupied slots) the third is left as it was
+        _reference.AddBroadcast(_reference.Prefix(scores.Expected, 2), bias.Expected);
+        Candidate.AddBroadcast(Candidate.Prefix(scores.Actual, 2), bias.Actual);
+        scores.AssertClose("broadcast add over a prefix view");
+        _reference.Download(scores.Expected, reference);
+        Assert.Equal(expectedScores[2 * 50 + 17] + biasValues[17], reference[2 * 50 + 17], 5);
+        Assert.Equal(expectedScores[17] + 2 * biasValues[17], reference[17], 4);
+
+        // Mean pooling of the patch tokens: (B, N, D) -> (B, D) over tokens 1 … N − 1.
+        var x = Tensors(2, 5, 8);
+        var mean = Tensors(2, 8);
+        var values = TestData.Normal(80, 5);
+        x.Set(values);
+        _reference.MeanTokens(x.Expected, 1, mean.Expected);
+        Candidate.MeanTokens(x.Actual, 1, mean.Actual);
+        mean.AssertClose("mean of tokens");
+        var pooled = new float[16];
+        _reference.Download(mean.Expected, pooled);
+        Assert.Equal((values[40 + 8 + 3] + values[40 + 16 + 3] + values[40 + 24 + 3] + values[40 + 32 + 3]) / 4, pooled[8 + 3], 5);
+    }
+
+    [Fact]
     public void Per_image_clear_copy_and_prefix_views_match_the_reference()
     {
         var x = Tensors(3, 4, 8);

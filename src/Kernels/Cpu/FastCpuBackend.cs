@@ -185,6 +185,37 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             new Span<float>(x + ((long)b * n + token) * d, d).CopyTo(new Span<float>(y + (long)b * d, d));
     }
 
+    public void AddBroadcast(DeviceTensor x, DeviceTensor y)
+    {
+        // x (B, …) += y (1, …): one image per work item
+        Tensor a = T(x), b = T(y);
+        long per = b.Length;
+        if (a.Length != x.Images * per) throw new ArgumentException($"cannot add {per} values to every image of {x.Images}×{a.Length / x.Images}");
+        Parallelism.For(Threads, x.Images, 1, (s, e) =>
+        {
+            for (long image = s; image < e; image++)
+            {
+                var target = new Span<float>(a.P + image * per, (int)per);
+                System.Numerics.Tensors.TensorPrimitives.Add(target, new ReadOnlySpan<float>(b.P, (int)per), target);
+            }
+        });
+    }
+
+    public void MeanTokens(DeviceTensor input, int first, DeviceTensor output)
+    {
+        // input (B, N, D) -> output (B, D): tokens first … N − 1 summed in token order, then divided
+        int n = input.Shape[1], d = input.Shape[2];
+        float* x = T(input).P, y = T(output).P;
+        for (int b = 0; b < input.Images; b++)
+        {
+            var mean = new Span<float>(y + (long)b * d, d);
+            mean.Clear();
+            for (int t = first; t < n; t++)
+                System.Numerics.Tensors.TensorPrimitives.Add(mean, new ReadOnlySpan<float>(x + ((long)b * n + t) * d, d), mean);
+            System.Numerics.Tensors.TensorPrimitives.Divide(mean, n - first, mean);
+        }
+    }
+
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
     {
         // input, membrane, spikes (B, …): one range of each image per work item, so the counts stay per image
