@@ -1,18 +1,16 @@
-using Ecmt.Kernels.Reference;
+using Ecmt.Kernels.Checks;
 
 namespace Ecmt.Kernels.Tests;
 
 /// <summary>
-/// Every operation of <see cref="ISpikingBackend"/> on a candidate backend, held to <see cref="ReferenceBackend"/>
-/// on the same inputs. A backend gets a concrete subclass; one whose device is absent skips every case.
-/// Tolerances: float results within 1e-4 relative (summation order differs between backends); spike codes
-/// identical except where a membrane sits on a threshold to within float rounding (at most 0.1 % of neurons);
-/// counters exact when the spikes are identical.
+/// Every operation of <see cref="ISpikingBackend"/> on a candidate backend, held to the reference backend on the same
+/// inputs by <see cref="OperationChecks"/> (the checks <c>ecmt check-backend</c> runs). A backend gets a concrete
+/// subclass; one whose device is absent skips every case, one whose device is present but broken fails them
+/// (<see cref="BackendFaultException"/> is not caught).
 /// </summary>
 public abstract class BackendConformance : IDisposable
 {
-    readonly ReferenceBackend _reference = new();
-    readonly Lazy<ISpikingBackend?> _candidate;
+    readonly Lazy<(ISpikingBackend Backend, OperationChecks Checks)?> _candidate;
     string? _unavailable;
 
     protected BackendConformance()
@@ -21,7 +19,8 @@ public abstract class BackendConformance : IDisposable
         {
             try
             {
-                return CreateBackend();
+                var backend = CreateBackend();
+                return (backend, new OperationChecks(backend, Sizes));
             }
             catch (BackendUnavailableException e)
             {
@@ -34,258 +33,27 @@ public abstract class BackendConformance : IDisposable
     /// <summary>Creates the backend under test; throws <see cref="BackendUnavailableException"/> when its device is absent.</summary>
     protected abstract ISpikingBackend CreateBackend();
 
-    ISpikingBackend Candidate
-    {
-        get
-        {
-            var backend = _candidate.Value;
-            if (backend is null) Assert.Skip($"backend unavailable here: {_unavailable}");
-            return backend;
-        }
-    }
+    /// <summary>Tensor sizes of the checks.</summary>
+    protected virtual CheckSizes Sizes => CheckSizes.Small;
 
     public void Dispose()
     {
-        if (_candidate.IsValueCreated) _candidate.Value?.Dispose();
-        _reference.Dispose();
+        if (_candidate.IsValueCreated && _candidate.Value is { } c)
+        {
+            c.Checks.Dispose();
+            c.Backend.Dispose();
+        }
         GC.SuppressFinalize(this);
     }
 
-    /// <summary>The same tensor on both backends.</summary>
-    sealed class Pair(ISpikingBackend reference, ISpikingBackend candidate, int[] shape)
-    {
-        public readonly DeviceTensor Expected = reference.Allocate(shape), Actual = candidate.Allocate(shape);
-
-        public void Set(float[] values)
-        {
-            reference.Upload(values, Expected);
-            candidate.Upload(values, Actual);
-        }
-
-        public void AssertClose(string what, float rtol = 1e-4f, float atol = 1e-5f)
-        {
-            var e = new float[Expected.Length];
-            var a = new float[Actual.Length];
-            reference.Download(Expected, e);
-            candidate.Download(Actual, a);
-            TestData.AssertClose(e, a, what, rtol, atol);
-        }
-    }
-
-    sealed class SpikePair(ISpikingBackend reference, ISpikingBackend candidate, MultiThresholdNeuron neuron, int[] shape)
-    {
-        public readonly SpikeTensor Expected = reference.AllocateSpikes(neuron, shape), Actual = candidate.AllocateSpikes(neuron, shape);
-
-        public void Set(sbyte[] codes)
-        {
-            reference.UploadCodes(codes, Expected);
-            candidate.UploadCodes(codes, Actual);
-        }
-
-        /// <summary>Returns how many codes differ, after asserting it is at most 0.1 %.</summary>
-        public int AssertSame(string what)
-        {
-            var e = new sbyte[Expected.Length];
-            var a = new sbyte[Actual.Length];
-            reference.DownloadCodes(Expected, e);
-            candidate.DownloadCodes(Actual, a);
-            int differ = 0;
-            for (int i = 0; i < e.Length; i++) if (e[i] != a[i]) differ++;
-            Assert.True(differ <= e.Length / 1000, $"{what}: {differ} of {e.Length} spike codes differ from the reference");
-            return differ;
-        }
-    }
-
-    sealed class CounterPair(ISpikingBackend reference, ISpikingBackend candidate, int images)
-    {
-        public readonly StepCounters Expected = reference.AllocateCounters(images), Actual = candidate.AllocateCounters(images);
-
-        public void AssertEqual(string what, long tolerance = 0)
-        {
-            int b = Expected.Images;
-            long[] es = new long[b], eo = new long[b], a_s = new long[b], ao = new long[b];
-            reference.ReadCounters(Expected, es, eo);
-            candidate.ReadCounters(Actual, a_s, ao);
-            for (int i = 0; i < b; i++)
-            {
-                Assert.True(Math.Abs(es[i] - a_s[i]) <= tolerance, $"{what}: image {i} spikes {a_s[i]}, reference {es[i]}");
-                Assert.True(Math.Abs(eo[i] - ao[i]) <= tolerance * 1000, $"{what}: image {i} SOPs {ao[i]}, reference {eo[i]}");
-            }
-        }
-    }
-
-    Pair Tensors(params int[] shape) => new(_reference, Candidate, shape);
-    SpikePair Spikes(MultiThresholdNeuron neuron, params int[] shape) => new(_reference, Candidate, neuron, shape);
-    CounterPair Counters(int images) => new(_reference, Candidate, images);
-
-    public static TheoryData<int, int, int, SpikeRounding> NeuronLayouts => new()
-    {
-        // groups, inner, levels, firing offsets: per tensor; per channel; q/k/v thirds of a (…, 3D) row; per head of (B, H, N, N)
-        { 1, 1, 8, SpikeRounding.HalfBase }, { 24, 1, 8, SpikeRounding.HalfBase }, { 3, 8, 4, SpikeRounding.HalfBase }, { 2, 36, 1, SpikeRounding.HalfBase },
-        { 1, 1, 8, SpikeRounding.Nearest }, { 24, 1, 8, SpikeRounding.Nearest }, { 3, 8, 4, SpikeRounding.Nearest }, { 2, 36, 1, SpikeRounding.Nearest },
-    };
+    public static TheoryData<string> Checks => [.. OperationChecks.Names];
 
     [Theory]
-    [MemberData(nameof(NeuronLayouts))]
-    public void Fire_matches_the_reference(int groups, int inner, int levels, SpikeRounding rounding)
+    [MemberData(nameof(Checks))]
+    public void Operation_matches_the_reference(string check)
     {
-        int[] shape = [3, 6, 24];
-        var neuron = TestData.Neuron(levels, groups, inner, seed: groups + inner, rounding);
-        var input = Tensors(shape);
-        var membrane = Tensors(shape);
-        var spikes = Spikes(neuron, shape);
-        var counters = Counters(3);
-        _reference.Clear(membrane.Expected);
-        Candidate.Clear(membrane.Actual);
-        _reference.Clear(counters.Expected);
-        Candidate.Clear(counters.Actual);
-        for (int step = 1; step <= 6; step++)
-        {
-            // Inputs span silence to the top level so every level fires.
-            input.Set(TestData.Normal(3 * 6 * 24, step, std: 0.1f * (1 << levels)));
-            _reference.Fire(input.Expected, membrane.Expected, spikes.Expected, counters.Expected, fanOut: 7);
-            Candidate.Fire(input.Actual, membrane.Actual, spikes.Actual, counters.Actual, fanOut: 7);
-            int differ = spikes.AssertSame($"spikes at step {step}");
-            if (differ == 0) membrane.AssertClose($"membranes at step {step}", atol: 1e-4f);
-            counters.AssertEqual($"counters at step {step}", tolerance: differ);
-        }
-    }
-
-    [Theory]
-    [InlineData(1, 1)]
-    [InlineData(16, 1)]
-    public void SpikeLinear_matches_the_reference(int groups, int inner)
-    {
-        const int images = 2, rows = 5, inFeatures = 16, outFeatures = 12;
-        var neuron = TestData.Neuron(6, groups, inner, seed: 5);
-        var layer = new LinearLayer(TestData.Normal(outFeatures * inFeatures, 1, 0.3f), TestData.Normal(outFeatures, 2), inFeatures, outFeatures);
-        var spikes = Spikes(neuron, images, rows, inFeatures);
-        var output = Tensors(images, rows, outFeatures);
-        foreach (var density in new[] { 0.0, 0.05, 0.5, 1.0 })
-        {
-            spikes.Set(TestData.Codes(images * rows * inFeatures, 6, seed: (int)(density * 100), density));
-            _reference.SpikeLinear(spikes.Expected, layer, output.Expected);
-            Candidate.SpikeLinear(spikes.Actual, layer, output.Actual);
-            output.AssertClose($"spike linear at density {density}");
-        }
-    }
-
-    [Fact]
-    public void Linear_matches_the_reference()
-    {
-        var layer = new LinearLayer(TestData.Normal(10 * 24, 1, 0.3f), TestData.Normal(10, 2), 24, 10);
-        var input = Tensors(4, 24);
-        var output = Tensors(4, 10);
-        input.Set(TestData.Normal(4 * 24, 3));
-        _reference.Linear(input.Expected, layer, output.Expected);
-        Candidate.Linear(input.Actual, layer, output.Actual);
-        output.AssertClose("linear");
-    }
-
-    public static TheoryData<string> Nonlinearities => new() { "layernorm", "gelu", "softmax" };
-
-    [Theory]
-    [MemberData(nameof(Nonlinearities))]
-    public void Expectation_compensation_matches_the_reference(string function)
-    {
-        int[] shape = function == "softmax" ? [2, 3, 7, 7] : [2, 7, 20];
-        var input = Tensors(shape);
-        var output = Tensors(shape);
-        var inputSum = Tensors(shape);
-        var outputSum = Tensors(shape);
-        var norm = new LayerNormLayer(TestData.Normal(20, 1, 0.2f, 1f), TestData.Normal(20, 2, 0.1f), 1e-6f);
-        var expectedState = new EcState(inputSum.Expected, outputSum.Expected);
-        var actualState = new EcState(inputSum.Actual, outputSum.Actual);
-        foreach (var s in new[] { inputSum, outputSum })
-        {
-            _reference.Clear(s.Expected);
-            Candidate.Clear(s.Actual);
-        }
-        for (int t = 1; t <= 8; t++)
-        {
-            input.Set(TestData.Normal((int)input.Expected.Length, 30 + t, std: 1.5f));
-            switch (function)
-            {
-                case "layernorm":
-                    _reference.LayerNormEc(input.Expected, expectedState, norm, t, output.Expected);
-                    Candidate.LayerNormEc(input.Actual, actualState, norm, t, output.Actual);
-                    break;
-                case "gelu":
-                    _reference.GeluEc(input.Expected, expectedState, t, output.Expected);
-                    Candidate.GeluEc(input.Actual, actualState, t, output.Actual);
-                    break;
-                default:
-                    _reference.SoftmaxEc(input.Expected, expectedState, t, output.Expected);
-                    Candidate.SoftmaxEc(input.Actual, actualState, t, output.Actual);
-                    break;
-            }
-            output.AssertClose($"{function} output at t = {t}", atol: 1e-4f);
-            inputSum.AssertClose($"{function} input sum at t = {t}", atol: 1e-4f);
-            outputSum.AssertClose($"{function} cumulative output at t = {t}", atol: 1e-4f);
-        }
-    }
-
-    [Fact]
-    public void Attention_matrix_product_EC_matches_the_reference()
-    {
-        const int images = 2, n = 9, d = 16, heads = 2, steps = 6;
-        var qkvNeuron = TestData.Neuron(5, 3, d, seed: 1);
-        var probNeuron = TestData.Neuron(5, 1, 1, seed: 2);
-        var qkv = Spikes(qkvNeuron, images, n, 3 * d);
-        var probs = Spikes(probNeuron, images, heads, n, n);
-        var qkvSums = Tensors(images, n, 3 * d);
-        var probSums = Tensors(images, heads, n, n);
-        var scoreProducts = Tensors(images, heads, n, n);
-        var valueProducts = Tensors(images, n, d);
-        var scores = Tensors(images, heads, n, n);
-        var output = Tensors(images, n, d);
-        var counters = Counters(images);
-        foreach (var t in new[] { qkvSums, probSums, scoreProducts, valueProducts })
-        {
-            _reference.Clear(t.Expected);
-            Candidate.Clear(t.Actual);
-        }
-        _reference.Clear(counters.Expected);
-        Candidate.Clear(counters.Actual);
-        float scale = 1f / MathF.Sqrt(d / heads);
-        for (int t = 1; t <= steps; t++)
-        {
-            qkv.Set(TestData.Codes(images * n * 3 * d, 5, seed: t, density: 0.1 * t));
-            probs.Set(TestData.Codes(images * heads * n * n, 5, seed: 100 + t, density: 0.3));
-            _reference.AttentionScoresEc(qkv.Expected, qkvSums.Expected, scoreProducts.Expected, heads, scale, t, scores.Expected, counters.Expected);
-            Candidate.AttentionScoresEc(qkv.Actual, qkvSums.Actual, scoreProducts.Actual, heads, scale, t, scores.Actual, counters.Actual);
-            scores.AssertClose($"scores at t = {t}", atol: 1e-4f);
-            counters.AssertEqual($"counters after scores at t = {t}");
-            _reference.AttentionValuesEc(probs.Expected, probSums.Expected, qkv.Expected, qkvSums.Expected, valueProducts.Expected, heads, t, output.Expected, counters.Expected);
-            Candidate.AttentionValuesEc(probs.Actual, probSums.Actual, qkv.Actual, qkvSums.Actual, valueProducts.Actual, heads, t, output.Actual, counters.Actual);
-            output.AssertClose($"A·V at t = {t}", atol: 1e-4f);
-            qkvSums.AssertClose($"qkv sums at t = {t}");
-            probSums.AssertClose($"probability sums at t = {t}");
-            scoreProducts.AssertClose($"score products at t = {t}", atol: 1e-4f);
-            valueProducts.AssertClose($"value products at t = {t}", atol: 1e-4f);
-            counters.AssertEqual($"counters after A·V at t = {t}");
-        }
-    }
-
-    [Fact]
-    public void Elementwise_helpers_match_the_reference()
-    {
-        var x = Tensors(2, 5, 8);
-        var y = Tensors(2, 5, 8);
-        var token = Tensors(2, 8);
-        x.Set(TestData.Normal(80, 1));
-        y.Set(TestData.Normal(80, 2));
-        _reference.Add(x.Expected, y.Expected);
-        Candidate.Add(x.Actual, y.Actual);
-        x.AssertClose("add");
-        _reference.SelectToken(x.Expected, 3, token.Expected);
-        Candidate.SelectToken(x.Actual, 3, token.Actual);
-        token.AssertClose("select token");
-        _reference.Copy(y.Expected, x.Expected);
-        Candidate.Copy(y.Actual, x.Actual);
-        x.AssertClose("copy");
-        _reference.Clear(x.Expected);
-        Candidate.Clear(x.Actual);
-        x.AssertClose("clear");
+        var candidate = _candidate.Value;
+        if (candidate is null) Assert.Skip($"backend unavailable here: {_unavailable}");
+        candidate.Value.Checks.Run(check);
     }
 }
