@@ -52,7 +52,7 @@ static class BenchCommand
             bool profiling = parse.GetValue(profile);
             int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
             ArgumentOutOfRangeException.ThrowIfLessThan(threadCount, 1, "--threads");
-            Kernels.Cpu.OpenBlas.Threads = threadCount;
+            CheckBackendCommand.SetOpenBlasThreads(threadCount);
             ISpikingBackend chosen = Backends.Create(kind);
             if (chosen is Kernels.Cpu.FastCpuBackend fast) fast.Threads = threadCount;
             var profiler = profiling ? new ProfilingBackend(chosen) : null;

@@ -43,7 +43,7 @@ static class CheckBackendCommand
         {
             var kind = Backends.Parse(parse.GetValue(backend));
             int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
-            Kernels.Cpu.OpenBlas.Threads = threadCount;
+            SetOpenBlasThreads(threadCount);
             var report = new JsonObject { ["backend_requested"] = Backends.NameOf(kind) };
             var clock = Stopwatch.StartNew();
             ISpikingBackend Create()
@@ -139,6 +139,21 @@ static class CheckBackendCommand
             return passed ? 0 : 1;
         });
         return command;
+    }
+
+    /// <summary>
+    /// Sets OpenBLAS's threads where OpenBLAS is installed; a device machine may lack it, and only the fast CPU backend
+    /// needs it (which then reports its absence itself).
+    /// </summary>
+    internal static void SetOpenBlasThreads(int threads)
+    {
+        try
+        {
+            Kernels.Cpu.OpenBlas.Threads = threads;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException)
+        {
+        }
     }
 
     /// <summary>

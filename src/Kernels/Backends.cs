@@ -77,6 +77,12 @@ public static class Backends
     };
 
     /// <summary>
+    /// Whether <paramref name="error"/>, thrown by a backend operation, is a fault of the device (a broken device, or any
+    /// error ILGPU's runtime raises: a CUDA launch or memory fault) rather than a bad argument.
+    /// </summary>
+    public static bool IsDeviceFault(Exception error) => error is BackendFaultException or ILGPU.Runtime.AcceleratorException;
+
+    /// <summary>
     /// Set when auto found a CUDA device that is present but broken (<see cref="BackendFaultException"/>) and serves on
     /// the fast CPU path instead: the device's error. Null while auto runs on CUDA or no CUDA device exists. The server
     /// logs it and reports it in health; it is never silent.

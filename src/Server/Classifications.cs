@@ -98,7 +98,7 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
         var model = job.Model;
         if (model.State != ModelState.Ready)
             throw NotReady(new ModelNotReadyException(model.Name, model.State,
-                model.State == ModelState.Failed ? $"model '{model.Name}' failed to load: {model.Error}" : $"model '{model.Name}' is still loading; retry shortly"));
+                model.State == ModelState.Failed ? (model.Faulted ? $"model '{model.Name}' stopped serving: {model.Error}" : $"model '{model.Name}' failed to load: {model.Error}") : $"model '{model.Name}' is still loading; retry shortly"));
 
         using var slot = limiter.TryAcquire()
             ?? throw Fail(StatusCode.ResourceExhausted, $"too many classifications: this server runs {_options.Limits.MaxConcurrentStreams} at once; retry later");

@@ -35,4 +35,10 @@ static partial class Log
 
     [LoggerMessage(10, LogLevel.Warning, "Publishing health failed")]
     public static partial void HealthPublishFailed(ILogger logger, Exception error);
+
+    [LoggerMessage(30, LogLevel.Error, "Backend auto: a CUDA device is present but broken, serving on the fast CPU path instead: {Reason}")]
+    public static partial void AutoFellBack(ILogger logger, string reason);
+
+    [LoggerMessage(31, LogLevel.Error, "Model {Model} stopped serving after a device fault: {Reason}")]
+    public static partial void ModelFaulted(ILogger logger, string model, string? reason);
 }

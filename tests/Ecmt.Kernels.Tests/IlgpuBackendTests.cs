@@ -277,7 +277,9 @@ public sealed class IlgpuBackendTests
         var (images, tokens, dim, heads) = large.Attention;
         Assert.True(shape.Tiles((long)images * heads, tokens, tokens).GridDim.X > 1, "scores fit one group");
         Assert.True(shape.Tiles(1, large.Linear.Rows, large.Linear.Out).GridDim.X > 1, "linear fits one group");
-        Assert.True(shape.Elements(large.Fire.Aggregate(1, (a, b) => a * b)).GridDim.X == shape.MaxGroups, "fire does not take grid-stride turns");
+        Assert.True(large.Fire[1] * large.Fire[2] > shape.GroupSize * StepKernels.FireElementsPerThread, "fire fits one group per image");
+        Assert.True(shape.Elements(large.Elementwise.Aggregate(1, (a, b) => a * b)).GridDim.X == shape.MaxGroups, "no grid-stride turns");
+        Assert.True(large.Linear.In > ProductKernels.ChunkK, "linear fits one k-slice");
         Assert.True(large.RowWise[^1] > shape.GroupSize, "LayerNorm rows fit one group");
         using var cpu = new IlgpuBackend(BackendKind.Cpu);
         Assert.Equal(16, cpu.Device.Shape.GroupSize);

@@ -45,12 +45,20 @@ public sealed class HostedModel : IDisposable
         _backend = backend;
         _metrics = metrics;
         _pooledSessions = pooledSessions;
+        BackendFactory = () => Backends.Create(_backend);
     }
 
     public string Name { get; }
     public string Directory { get; }
     public VitConfig Config { get; }
     public ModelState State { get; private set; } = ModelState.Loading;
+    /// <summary>
+    /// True once a device fault stopped this model while serving (<see cref="Backends.IsDeviceFault"/>): the state is
+    /// <see cref="ModelState.Failed"/> and <see cref="Error"/> says what failed and why the device is not reopened.
+    /// </summary>
+    public bool Faulted { get; private set; }
+    /// <summary>Creates the backend of each session (tests replace it to inject faults).</summary>
+    internal Func<ISpikingBackend> BackendFactory { get; set; }
     /// <summary>Why loading failed, for <see cref="ModelState.Failed"/>.</summary>
     public string? Error { get; private set; }
     /// <summary>The conversion settings, once loaded.</summary>
@@ -85,7 +93,7 @@ public sealed class HostedModel : IDisposable
         {
             var converted = ConvertedModel.Load(Directory);
             var model = new SpikingModel(converted);
-            var lease = new Lease(model, Backends.Create(_backend));
+            var lease = new Lease(model, BackendFactory());
             BackendName = lease.Backend.Name;
             _model = model;
             Return(lease, healthy: true, countInUse: false);
@@ -142,6 +150,7 @@ public sealed class HostedModel : IDisposable
                 catch (Exception e)
                 {
                     error = e;
+                    if (Backends.IsDeviceFault(e)) Fault(e);
                     throw;
                 }
                 double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
@@ -181,6 +190,7 @@ public sealed class HostedModel : IDisposable
     SpikingModel RequireReady() => State switch
     {
         ModelState.Ready when _model is not null && !_disposed => _model,
+        ModelState.Failed when Faulted => throw new ModelNotReadyException(Name, State, $"model '{Name}' stopped serving: {Error}"),
         ModelState.Failed => throw new ModelNotReadyException(Name, State, $"model '{Name}' failed to load: {Error}"),
         _ when _disposed => throw new ModelNotReadyException(Name, ModelState.Loading, $"model '{Name}' has been unloaded"),
         _ => throw new ModelNotReadyException(Name, State, $"model '{Name}' is still loading"),
@@ -197,14 +207,34 @@ public sealed class HostedModel : IDisposable
         }
         try
         {
-            return new Lease(model, Backends.Create(_backend));
+            return new Lease(model, BackendFactory());
         }
-        catch
+        catch (Exception e)
         {
             Interlocked.Decrement(ref _inUse);
             _metrics.SessionStarted(Name, -1);
+            if (Backends.IsDeviceFault(e)) Fault(e);
             throw;
         }
+    }
+
+    /// <summary>
+    /// Stops serving after a device fault: NOT_SERVING in health with the fault and the reason the device is not reopened.
+    /// A CUDA fault is sticky: it leaves the context, and with it every session's buffers and the uploaded weights that
+    /// all sessions of the process share, unusable; reopening means a new context for the whole process, i.e. a restart.
+    /// </summary>
+    void Fault(Exception e)
+    {
+        lock (_idle)
+        {
+            if (Faulted) return;
+            Error = $"device fault on {BackendName} while serving: {e.Message}. The device is not reopened: a CUDA fault leaves "
+                + "its context, every session's buffers and the shared uploaded weights unusable for this process; restart the server";
+            Faulted = true;
+            State = ModelState.Failed;
+        }
+        DrainIdle();
+        StateChanged?.Invoke(this);
     }
 
     void Return(Lease lease, bool healthy, bool countInUse)
