@@ -16,7 +16,12 @@ images=300
 rm -rf "$bundle"
 mkdir -p "$bundle/bin/models" "$bundle/bin/check-images"
 publish=(-c Release -r linux-x64 --self-contained true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true
-         -p:IncludeNativeLibrariesForSelfExtract=true -p:EcmtDeviceTool=true -p:DebugType=none -p:GenerateDocumentationFile=false
+         -p:IncludeNativeLibrariesForSelfExtract=true -p:EcmtDeviceTool=true -p:GenerateDocumentationFile=false
+         # Trim the framework only (TrimMode=partial: the app, ILGPU and the other libraries stay whole, so reflection
+         # in them keeps working; reflection-based JSON stays on); without it the two publishes weigh about 100 MB. The trimmer's analysis warnings
+         # concern the libraries' reflection, which partial trimming leaves alone.
+         -p:PublishTrimmed=true -p:TrimMode=partial -p:SuppressTrimAnalysisWarnings=true -p:ILLinkTreatWarningsAsErrors=false
+         -p:JsonSerializerIsReflectionEnabledByDefault=true
          --nologo --verbosity quiet)
 dotnet publish src/Cli "${publish[@]}" -o "$bundle/bin"
 dotnet publish src/Server "${publish[@]}" -o "$bundle/bin"
