@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the device-check bundle and writes the one command to run on a GPU machine that has no .NET SDK.
 #
-#   scripts/device-check.sh [BUNDLE]         # default BUNDLE: .device/check (ignored by git)
+#   scripts/device-check.sh [BUNDLE] [--tool-only]   # default BUNDLE: .device/check (ignored by git)
 #
+# --tool-only leaves out the server and run.sh (the test that runs the published tool here uses it).
 # BUNDLE/bin holds self-contained linux-x64 single-file publishes of the tool (ecmt) and the server (ecmt-server),
 # built without libtorch and SkiaSharp (-p:EcmtDeviceTool=true: bench reports its ANN side as unavailable), the
 # shipped model (models/fmnist-vit) and the first 300 Fashion-MNIST test images (check-images/, gzipped IDX, cut
@@ -12,19 +13,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle=${1:-.device/check}
+parts=${2:-all}
 images=300
 rm -rf "$bundle"
 mkdir -p "$bundle/bin/models" "$bundle/bin/check-images"
 publish=(-c Release -r linux-x64 --self-contained true -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true
          -p:IncludeNativeLibrariesForSelfExtract=true -p:EcmtDeviceTool=true -p:GenerateDocumentationFile=false
          # Trim the framework only (TrimMode=partial: the app, ILGPU and the other libraries stay whole, so reflection
-         # in them keeps working; reflection-based JSON stays on); without it the two publishes weigh about 100 MB. The trimmer's analysis warnings
-         # concern the libraries' reflection, which partial trimming leaves alone.
+         # in them keeps working; reflection-based JSON stays on); untrimmed, the two publishes weigh about 100 MB. The
+         # trimmer's analysis warnings concern the libraries' reflection, which partial trimming leaves alone.
          -p:PublishTrimmed=true -p:TrimMode=partial -p:SuppressTrimAnalysisWarnings=true -p:ILLinkTreatWarningsAsErrors=false
          -p:JsonSerializerIsReflectionEnabledByDefault=true
-         --nologo --verbosity quiet)
+         # Build outputs of their own (beside the bundle), so that a publish never rewrites the bin/obj folders that
+         # the ordinary build and the tests use.
+         --artifacts-path "$bundle.build" --nologo --verbosity quiet)
 dotnet publish src/Cli "${publish[@]}" -o "$bundle/bin"
-dotnet publish src/Server "${publish[@]}" -o "$bundle/bin"
+[ "$parts" = --tool-only ] || dotnet publish src/Server "${publish[@]}" -o "$bundle/bin"
 rm -f "$bundle"/bin/*.pdb "$bundle"/bin/*.xml
 mkdir -p "$bundle/bin/models/fmnist-vit"
 cp models/fmnist-vit/{config.json,conversion.json,model.safetensors,thresholds.safetensors} "$bundle/bin/models/fmnist-vit/"
@@ -44,6 +48,7 @@ for name, item in (("t10k-images-idx3-ubyte.gz", 28 * 28), ("t10k-labels-idx1-ub
         f.write(data[:4] + struct.pack(f">{rank}I", *dims) + body)
 PY
 
+if [ "$parts" = --tool-only ]; then du -sh "$bundle"; exit 0; fi
 cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # On the device machine, from anywhere: bash BUNDLE/run.sh. Writes one JSON file per result under $OUT (default
