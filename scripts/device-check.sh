@@ -5,7 +5,7 @@
 #
 # --tool-only leaves out the server and run.sh (the test that runs the published tool here uses it).
 # BUNDLE/bin holds self-contained linux-x64 single-file publishes of the tool (ecmt) and the server (ecmt-server),
-# built without libtorch and SkiaSharp (-p:EcmtDeviceTool=true: bench reports its ANN side as unavailable), the
+# built without libtorch (-p:EcmtDeviceTool=true: bench reports its ANN side as unavailable), the
 # shipped model (models/fmnist-vit) and the first 300 Fashion-MNIST test images (check-images/, gzipped IDX, cut
 # from Debian's dataset-fashion-mnist; never committed). BUNDLE/run.sh is the command for the device machine: it
 # writes one JSON file per result under $OUT (default BUNDLE/out). The script prints the bundle's size: it must stay

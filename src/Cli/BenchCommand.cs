@@ -201,7 +201,7 @@ static class BenchCommand
             {
                 var root = e;
                 while (root.InnerException is not null && root is TypeInitializationException) root = root.InnerException;
-                unavailable = $"libtorch unavailable: {root.GetType().Name}: {root.Message}";
+                unavailable = $"libtorch unavailable: TorchSharp could not load its native libraries (the device tool is built without them): {root.GetType().Name}: {root.Message}";
                 return null;
             }
         }

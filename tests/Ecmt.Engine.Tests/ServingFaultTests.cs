@@ -26,13 +26,13 @@ public class ServingFaultTests
         model.StateChanged += m => changes.Add(m.State);
 
         var image = new float[config.InChannels * config.ImageSize * config.ImageSize];
-        await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None)) { }
+        await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None, TestContext.Current.CancellationToken)) { }
         Assert.False(model.Faulted);
 
         model.BackendFactory = () => throw new BackendFaultException("cuda: CUDA_ERROR_ILLEGAL_ADDRESS (simulated)");
         await Assert.ThrowsAsync<BackendFaultException>(async () =>
         {
-            await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None)) { }
+            await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None, TestContext.Current.CancellationToken)) { }
         });
         Assert.True(model.Faulted);
         Assert.Equal(ModelState.Failed, model.State);
@@ -42,7 +42,7 @@ public class ServingFaultTests
 
         var refused = await Assert.ThrowsAsync<ModelNotReadyException>(async () =>
         {
-            await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None)) { }
+            await foreach (var _ in model.ClassifyAsync(image, 1, Protos.StopPolicy.None, TestContext.Current.CancellationToken)) { }
         });
         Assert.Contains("stopped serving", refused.Message);
     }
