@@ -90,4 +90,50 @@ wait "$server_pid" && status=0 || status=$?
 server_pid=""
 (( status == 0 )) || fail "the server exited with status $status after SIGTERM"
 grep -q "health is NOT_SERVING" "$work/server.log" || fail "the server did not report NOT_SERVING at shutdown"
+
+echo "== access control: API keys from an access file (hashes only), per-model authorization, a rate limit"
+sha() { printf %s "$1" | sha256sum | cut -c1-64; }
+cat >"$work/access.json" <<EOF
+{"callers": [
+  {"name": "ci", "key_sha256": "$(sha ci-key)", "models": ["$model"]},
+  {"name": "other", "key_sha256": "$(sha other-key)", "models": ["not-$model"]},
+  {"name": "slow", "key_sha256": "$(sha slow-key)", "models": ["*"], "requests_per_second": 1}
+]}
+EOF
+read -r port http_port < <("$python" -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+ECMT_BACKEND="${ECMT_BACKEND:-reference}" Ecmt__Access__File="$work/access.json" \
+  dotnet "$server" --models "$models" --address 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port 0 >"$work/server.log" 2>&1 &
+server_pid=$!
+client() { local verb="$1"; shift; "$python" examples/python/ecmt_client.py "$verb" --address "127.0.0.1:$port" "$@"; }
+for _ in $(seq 1 120); do
+  kill -0 "$server_pid" 2>/dev/null || fail "the server with access control exited during startup"
+  client health >/dev/null 2>&1 && break   # health is open to probes: no key
+  sleep 0.5
+done
+expect_code() {  # expect_code CODE ARGS...: the client fails with that status
+  local want="$1"; shift
+  local out
+  out=$(client "$@" 2>&1) && fail "access: '$*' succeeded, expected $want"
+  grep -q "$want" <<<"$out" || fail "access: '$*' answered: $out (expected $want)"
+}
+expect_code UNAUTHENTICATED list
+expect_code UNAUTHENTICATED list --api-key wrong-key
+expect_code PERMISSION_DENIED classify --api-key other-key --model "$model" --steps 2 "${images[0]}"
+[[ "$(client list --api-key ci-key --json | wc -l)" == 1 ]] || fail "access: ListModels shows more than the caller's model"
+client classify --api-key ci-key --model "$model" --steps 2 "${images[0]}" >/dev/null || fail "access: the right key was refused"
+ECMT_API_KEY=ci-key client classify --model "$model" --steps 2 "${images[0]}" >/dev/null || fail "access: ECMT_API_KEY was not used"
+expect_code RESOURCE_EXHAUSTED classify --api-key slow-key --model "$model" --steps 1 "${images[@]}"
+if command -v curl >/dev/null 2>&1; then
+  status=$(curl -sS -o "$work/error.json" -w '%{http_code}' "http://127.0.0.1:$http_port/v2/models/$model/infer" -d @"$work/request.json")
+  [[ "$status" == 401 ]] && grep -q '"error"' "$work/error.json" || fail "access: REST without a key answered $status"
+  status=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ci-key" "http://127.0.0.1:$http_port/v2/models/$model/infer" -d @"$work/request.json")
+  [[ "$status" == 200 ]] || fail "access: REST with the key answered $status"
+fi
+echo "access: no key and a wrong key UNAUTHENTICATED, another model PERMISSION_DENIED, over the rate RESOURCE_EXHAUSTED, REST 401/200"
+kill -TERM "$server_pid"
+wait "$server_pid" || fail "the server with access control exited with status $? after SIGTERM"
+server_pid=""
 echo "python-client-test: passed"

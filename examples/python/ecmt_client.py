@@ -31,12 +31,54 @@ except ImportError:
 HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
-def connect(address, ca_file=None):
-    """A channel to the server; TLS when a CA (or self-signed server) certificate file is given."""
-    if ca_file:
-        with open(ca_file, "rb") as f:
-            return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=f.read()))
-    return grpc.insecure_channel(address)
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds "authorization: Bearer <key>" to every call (a server with access control; works with and without TLS)."""
+
+    def __init__(self, key):
+        self._header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, details, metadata):
+        self.method, self.timeout, self.credentials = details.method, details.timeout, details.credentials
+        self.wait_for_ready, self.compression = details.wait_for_ready, details.compression
+        self.metadata = metadata
+
+
+def connect(address, ca_file=None, api_key=None, client_cert=None, client_key=None):
+    """
+    A channel to the server; TLS when a CA (or self-signed server) certificate file is given, with a client
+    certificate and key (PEM) for mutual TLS; an API key is sent on every call.
+    """
+    if ca_file or client_cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(ca_file) if ca_file else None,
+            private_key=read(client_key or client_cert) if client_cert else None,
+            certificate_chain=read(client_cert) if client_cert else None)
+        channel = grpc.secure_channel(address, credentials)
+    else:
+        channel = grpc.insecure_channel(address)
+    return grpc.intercept_channel(channel, _ApiKey(api_key)) if api_key else channel
 
 
 def _varint(n):
@@ -154,6 +196,10 @@ def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default="localhost:50051", help="host:port of the server")
     common.add_argument("--ca", help="PEM certificate to trust (TLS); plain HTTP/2 when absent")
+    common.add_argument("--api-key", default=os.environ.get("ECMT_API_KEY"),
+                        help="API key of a server with access control (default: $ECMT_API_KEY)")
+    common.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
+    common.add_argument("--client-key", help="PEM private key of --client-cert (unless that file holds it)")
     common.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,7 +222,7 @@ def main(argv=None):
     c.add_argument("--timeout", type=float, help="deadline in seconds")
     args = parser.parse_args(argv)
 
-    channel = connect(args.address, args.ca)
+    channel = connect(args.address, args.ca, args.api_key, args.client_cert, args.client_key)
     stub = rpc.ClassifierStub(channel)
 
     def emit(record):

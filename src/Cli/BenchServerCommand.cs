@@ -13,7 +13,8 @@ namespace Ecmt.Cli;
 /// <summary>
 /// <c>ecmt bench-server</c>: a load generator. C streams run back to back for S seconds over a set of images, all on
 /// one client (one channel); it reports throughput (image-steps and images per second), the time to the first update
-/// and to the last (p50, p95, p99), the mean steps used, and failures counted by status.
+/// and to the last (p50, p95, p99), the time between a stream's consecutive updates (per-step latency), the mean
+/// steps used, and failures counted by status.
 /// </summary>
 static class BenchServerCommand
 {
@@ -25,26 +26,49 @@ static class BenchServerCommand
         var warmup = new Option<double>("--warmup") { Description = "Seconds run before measuring (connections, JIT, session pools)", DefaultValueFactory = _ => 0 };
         var images = new Option<string[]>("--images") { Description = "PNG or JPEG files or folders to send (default: Fashion-MNIST test images, from Debian's dataset-fashion-mnist)", AllowMultipleArgumentsPerToken = true };
         var count = new Option<int>("--count") { Description = "Fashion-MNIST test images to use when --images is not given", DefaultValueFactory = _ => 100 };
+        var floodKey = new Option<string?>("--flood-key")
+        {
+            Description = "Also flood the server from a second caller with this API key (access control): --flood-concurrency loops sending classifications back to back, "
+                + "refusals not waited on; reports how many it got admitted and refused per second while the measured streams (--api-key) run",
+        };
+        var floodConcurrency = new Option<int>("--flood-concurrency") { Description = "Loops of the --flood-key caller", DefaultValueFactory = _ => 8 };
+        var cancelFraction = new Option<double>("--cancel-fraction") { Description = "Fraction of calls the client cancels after a random 1–1000 ms (a soak of cancels and deadlines)", DefaultValueFactory = _ => 0 };
         var command = new Command("bench-server", "Load-test a running ecmt-server: C concurrent Classify streams for S seconds; throughput, latency percentiles, steps used, errors by status.")
         {
-            concurrency, duration, warmup, images, count,
+            concurrency, duration, warmup, images, count, floodKey, floodConcurrency, cancelFraction,
         };
         foreach (var option in server.All) command.Options.Add(option);
         command.SetAction((parse, cancellationToken) => RunAsync(parse, server, new Settings(
-            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count)), cancellationToken));
+            parse.GetValue(concurrency), parse.GetValue(duration), parse.GetValue(warmup), parse.GetValue(images) ?? [], parse.GetValue(count),
+            parse.GetValue(floodKey), parse.GetValue(floodConcurrency), parse.GetValue(cancelFraction)), cancellationToken));
         return command;
     }
 
-    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count);
+    sealed record Settings(int Concurrency, double Duration, double Warmup, string[] Images, int Count, string? FloodKey, int FloodConcurrency, double CancelFraction);
+
+    /// <summary>What the flooding caller got, counted inside the measured window.</summary>
+    sealed class Flood
+    {
+        long _admitted, _refused, _other;
+        public long Admitted => Interlocked.Read(ref _admitted);
+        public long Refused => Interlocked.Read(ref _refused);
+        public long Other => Interlocked.Read(ref _other);
+        public void Count(string? code)
+        {
+            if (code is null) Interlocked.Increment(ref _admitted);
+            else if (code == "RESOURCE_EXHAUSTED") Interlocked.Increment(ref _refused);
+            else Interlocked.Increment(ref _other);
+        }
+    }
 
     /// <summary>What the streams measured; every member is safe to update from many streams.</summary>
     sealed class Tally
     {
         readonly Lock _lock = new();
-        readonly List<double> _firstMs = [], _lastMs = [];
+        readonly List<double> _firstMs = [], _lastMs = [], _gapMs = [];
         readonly Dictionary<string, int> _errors = new(StringComparer.Ordinal);
         long _imageSteps, _steps;
-        int _cutOff, _retries;
+        int _cutOff, _retries, _cancelled;
 
         public long ImageSteps => Interlocked.Read(ref _imageSteps);
         public int Images { get { lock (_lock) return _lastMs.Count; } }
@@ -53,8 +77,16 @@ static class BenchServerCommand
         public int Retries => Volatile.Read(ref _retries);
 
         public void Step() => Interlocked.Increment(ref _imageSteps);
+
+        /// <summary>Time between two consecutive updates of one stream: the per-step latency a client sees.</summary>
+        public void Gap(TimeSpan gap)
+        {
+            lock (_lock) _gapMs.Add(gap.TotalMilliseconds);
+        }
         public void Retry() => Interlocked.Increment(ref _retries);
         public void Cut() => Interlocked.Increment(ref _cutOff);
+        public void Cancelled() => Interlocked.Increment(ref _cancelled);
+        public int CancelledCalls => Volatile.Read(ref _cancelled);
 
         public void Completed(TimeSpan first, TimeSpan last, int steps)
         {
@@ -69,6 +101,11 @@ static class BenchServerCommand
         public void Failed(string code)
         {
             lock (_lock) _errors[code] = _errors.GetValueOrDefault(code) + 1;
+        }
+
+        public double[] Gaps()
+        {
+            lock (_lock) return [.. _gapMs];
         }
 
         public (double[] First, double[] Last, double? MeanSteps, SortedDictionary<string, int> Errors) Snapshot()
@@ -87,6 +124,9 @@ static class BenchServerCommand
             if (settings.Concurrency < 1) throw new ArgumentException($"--concurrency is {settings.Concurrency}: it must be at least 1");
             if (!(settings.Duration > 0)) throw new ArgumentException($"--duration is {settings.Duration}: it must be positive");
             if (!(settings.Warmup >= 0)) throw new ArgumentException($"--warmup is {settings.Warmup}: it must not be negative");
+            if (!(settings.CancelFraction is >= 0 and <= 1)) throw new ArgumentException($"--cancel-fraction is {settings.CancelFraction}: it must lie in [0, 1]");
+            if (settings.FloodKey is not null && settings.FloodConcurrency < 1)
+                throw new ArgumentException($"--flood-concurrency is {settings.FloodConcurrency}: it must be at least 1");
             server.Address(parse);
             options = server.ClassifyOptions(parse, topK: 0);
             inputs = LoadImages(settings);
@@ -98,6 +138,8 @@ static class BenchServerCommand
 
         var tally = new Tally();
         using var client = server.Client(parse, _ => tally.Retry());
+        using var flooder = settings.FloodKey is { } key ? server.Client(parse, apiKey: key) : null;
+        var flood = new Flood();
         ModelInfo model;
         try
         {
@@ -118,7 +160,9 @@ static class BenchServerCommand
         window.CancelAfter(end);
         var clock = Stopwatch.StartNew();
         int next = -1;
-        var streams = Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(() => StreamAsync(), CancellationToken.None)).ToArray();
+        var streams = Enumerable.Range(0, settings.Concurrency).Select(_ => Task.Run(() => StreamAsync(), CancellationToken.None))
+            .Concat(flooder is null ? [] : Enumerable.Range(0, settings.FloodConcurrency).Select(_ => Task.Run(() => FloodAsync(flooder), CancellationToken.None)))
+            .ToArray();
         var all = Task.WhenAll(streams);
 
         var errors = parse.InvocationConfiguration.Error;
@@ -139,6 +183,16 @@ static class BenchServerCommand
         double seconds = Math.Max(1e-9, (Min(clock.Elapsed, end) - warmup).TotalSeconds);
 
         var report = Report(parse, server, settings, model, options, inputs.Length, tally, seconds);
+        if (flooder is not null)
+            report["flood"] = new JsonObject
+            {
+                ["concurrency"] = settings.FloodConcurrency,
+                ["admitted"] = flood.Admitted,
+                ["refused"] = flood.Refused,
+                ["other_errors"] = flood.Other,
+                ["admitted_per_s"] = Math.Round(flood.Admitted / seconds, 1),
+                ["refused_per_s"] = Math.Round(flood.Refused / seconds, 1),
+            };
         if (parse.GetValue(server.Json)) await parse.InvocationConfiguration.Output.WriteLineAsync(report.ToJsonString());
         else WriteTables(Consoles.For(parse.InvocationConfiguration.Output), report);
         return tally.Images > 0 ? 0 : 1;
@@ -153,15 +207,23 @@ static class BenchServerCommand
                 var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
                 bool measured = clock.Elapsed >= warmup;
                 StepUpdate? first = null, last = null;
+                using var cancel = settings.CancelFraction > 0 && Random.Shared.NextDouble() < settings.CancelFraction
+                    ? CancellationTokenSource.CreateLinkedTokenSource(window.Token) : null;
+                cancel?.CancelAfter(Random.Shared.Next(1, 1001));
                 try
                 {
-                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, window.Token))
+                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, cancel?.Token ?? window.Token))
                     {
                         first ??= update;
+                        var previous = last;
                         last = update;
                         var now = clock.Elapsed;
                         if (now >= end) break;
-                        if (now >= warmup) tally.Step();
+                        if (now >= warmup)
+                        {
+                            tally.Step();
+                            if (previous is not null) tally.Gap(update.Elapsed - previous.Elapsed);
+                        }
                     }
                     if (measured && last is { IsLast: true } && clock.Elapsed < end) tally.Completed(first!.Elapsed, last.Elapsed, last.Step);
                     else if (measured && last is not null) tally.Cut();
@@ -170,12 +232,40 @@ static class BenchServerCommand
                 {
                     if (measured) tally.Cut();
                 }
+                catch (Exception e) when (cancel is { IsCancellationRequested: true } && e is OperationCanceledException or EcmtRpcException { Code: "CANCELLED" })
+                {
+                    if (measured) tally.Cancelled();
+                }
                 catch (EcmtRpcException e)
                 {
                     if (measured && clock.Elapsed < end) tally.Failed(e.Code);
                     // A failing server is not hammered in a tight loop.
                     await Task.Delay(20, CancellationToken.None);
                 }
+            }
+        }
+
+        // The flooding caller: classifications back to back, a refusal followed at once by the next request.
+        async Task FloodAsync(EcmtClient flooding)
+        {
+            while (!window.IsCancellationRequested && clock.Elapsed < end)
+            {
+                var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
+                bool measured = clock.Elapsed >= warmup;
+                string? code = null;
+                try
+                {
+                    await flooding.ClassifyToEndAsync(model.Name, input, options, window.Token);
+                }
+                catch (OperationCanceledException) when (window.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (EcmtRpcException e)
+                {
+                    code = e.Code;
+                }
+                if (measured && clock.Elapsed < end) flood.Count(code);
             }
         }
     }
@@ -228,7 +318,9 @@ static class BenchServerCommand
             ["mean_steps"] = meanSteps is double m ? Math.Round(m, 3) : null,
             ["first_update_ms"] = Percentiles(first),
             ["last_update_ms"] = Percentiles(last),
+            ["step_latency_ms"] = Percentiles(tally.Gaps()),
             ["cut_off"] = tally.CutOff,
+            ["cancelled_by_client"] = tally.CancelledCalls,
             ["retries"] = tally.Retries,
             ["errors"] = errorJson,
             ["error_count"] = errors.Values.Sum(),
@@ -273,11 +365,13 @@ static class BenchServerCommand
 
         var latency = new Table().Border(TableBorder.Rounded).Title("time (ms)").AddColumn("");
         foreach (var column in new[] { "p50", "p95", "p99", "mean", "max" }) latency.AddColumn(new TableColumn(column).RightAligned());
-        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms") })
+        foreach (var (label, key) in new[] { ("to the first update", "first_update_ms"), ("to the last update", "last_update_ms"), ("between updates (per step)", "step_latency_ms") })
         {
             var p = r[key]?.AsObject();
             latency.AddRow([label, .. new[] { "p50", "p95", "p99", "mean", "max" }.Select(c => p is null ? "-" : p[c]!.GetValue<double>().ToString("F1", CultureInfo.InvariantCulture))]);
         }
         console.Write(latency);
+        if (r["flood"] is JsonObject f)
+            console.WriteLine($"flood from the second key ({f["concurrency"]} loops): admitted {f["admitted_per_s"]}/s, refused {f["refused_per_s"]}/s (RESOURCE_EXHAUSTED), other errors {f["other_errors"]}");
     }
 }

@@ -27,8 +27,16 @@ sealed class ServerOptions
     public readonly Option<bool> ServerStop = new("--server-stop") { Description = "Send the stop policy to the server instead of applying it here (saves the step in flight)" };
     public readonly Option<double?> Timeout = new("--timeout") { Description = "Deadline of each call in seconds (retries included)" };
     public readonly Option<bool> Json = new("--json") { Description = "Print one JSON object on standard output instead of tables" };
+    public readonly Option<string?> ApiKey = new("--api-key")
+    {
+        Description = "API key of a server with access control, sent as 'authorization: Bearer <key>' (default: $ECMT_API_KEY)",
+        DefaultValueFactory = _ => Environment.GetEnvironmentVariable("ECMT_API_KEY") is { Length: > 0 } key ? key : null,
+    };
+    public readonly Option<string?> ClientCert = new("--client-cert") { Description = "PEM client certificate for a server with mutual TLS (https addresses)" };
+    public readonly Option<string?> ClientKey = new("--client-key") { Description = "PEM private key of --client-cert (unless the certificate file holds it)" };
+    public readonly Option<string?> CaCert = new("--ca-cert") { Description = "PEM CA certificate(s) the server's certificate must chain to (default: the system's trust store)" };
 
-    public IEnumerable<Option> All => [Server, Model, MaxSteps, StopAt, Margin, Stable, MinSteps, Gate, Recommended, ServerStop, Timeout, Json];
+    public IEnumerable<Option> All => [Server, Model, MaxSteps, StopAt, Margin, Stable, MinSteps, Gate, Recommended, ServerStop, Timeout, Json, ApiKey, ClientCert, ClientKey, CaCert];
 
     /// <summary>
     /// The per-image options from the command line: the stop rules given form one policy (every rule must hold), applied
@@ -71,12 +79,17 @@ sealed class ServerOptions
     public Uri Address(ParseResult parse) => EcmtClient.ParseAddress(parse.GetValue(Server)!);
 
     /// <summary>The one client of a command: its channel serves every call; --timeout bounds ListModels and GetModel too.</summary>
-    public EcmtClient Client(ParseResult parse, Action<RetryEvent>? onRetry = null) =>
+    public EcmtClient Client(ParseResult parse, Action<RetryEvent>? onRetry = null, string? apiKey = null) =>
         new(parse.GetValue(Server)!, new EcmtClientOptions
         {
             OnRetry = onRetry,
             DefaultTimeout = parse.GetValue(Timeout) is double seconds && seconds > 0 ? TimeSpan.FromSeconds(seconds) : null,
+            ApiKey = apiKey ?? parse.GetValue(ApiKey),
+            ClientCertificate = parse.GetValue(ClientCert) is { } cert ? EcmtClientOptions.LoadClientCertificate(Existing(cert, "--client-cert"), parse.GetValue(ClientKey) is { } key ? Existing(key, "--client-key") : null) : null,
+            ServerCertificateAuthorities = parse.GetValue(CaCert) is { } ca ? EcmtClientOptions.LoadAuthorities(Existing(ca, "--ca-cert")) : null,
         });
+
+    static string Existing(string path, string option) => File.Exists(path) ? path : throw new ArgumentException($"{option}: no such file '{path}'");
 
     /// <summary>The model named by --model, else the only ready model the server hosts.</summary>
     public async Task<ModelInfo> ResolveModelAsync(ParseResult parse, EcmtClient client, CancellationToken cancellationToken)

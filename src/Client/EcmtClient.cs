@@ -1,7 +1,10 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Ecmt.Protos.V1;
+using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 
 namespace Ecmt.Client;
@@ -24,7 +27,7 @@ public sealed class EcmtClient : IDisposable
 
     /// <summary>A client that creates and owns a channel to <paramref name="address"/> ("http://host:port", "https://…", or "host:port" for plain HTTP/2).</summary>
     public EcmtClient(string address, EcmtClientOptions? options = null)
-        : this(GrpcChannel.ForAddress(ParseAddress(address), (options ?? EcmtClientOptions.Default).ChannelOptions ?? new GrpcChannelOptions()), options, ownsChannel: true)
+        : this(CreateChannel(ParseAddress(address), options ?? EcmtClientOptions.Default), options, ownsChannel: true)
     {
     }
 
@@ -41,12 +44,48 @@ public sealed class EcmtClient : IDisposable
         if (Options.DefaultTimeout is { } t && t <= TimeSpan.Zero)
             throw new ArgumentOutOfRangeException(nameof(options), t, "DefaultTimeout must be positive");
         Channel = channel;
-        _stub = new Classifier.ClassifierClient(channel);
+        _stub = Options.ApiKey is { Length: > 0 } key
+            ? new Classifier.ClassifierClient(channel.Intercept(headers =>
+            {
+                headers.Add("authorization", $"Bearer {key}");
+                return headers;
+            }))
+            : new Classifier.ClassifierClient(channel);
         _ownsChannel = ownsChannel;
     }
 
     public GrpcChannel Channel { get; }
     public EcmtClientOptions Options { get; }
+
+    /// <summary>
+    /// The channel to an address with the options' TLS settings: a client certificate (mutual TLS) and a private CA
+    /// the server's certificate must chain to; the options' <see cref="GrpcChannelOptions"/> otherwise.
+    /// </summary>
+    public static GrpcChannel CreateChannel(Uri address, EcmtClientOptions options)
+    {
+        var channelOptions = options.ChannelOptions ?? new GrpcChannelOptions();
+        if (options.ClientCertificate is null && options.ServerCertificateAuthorities is null) return GrpcChannel.ForAddress(address, channelOptions);
+        var handler = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
+        if (options.ClientCertificate is { } certificate) handler.SslOptions.ClientCertificates = [certificate];
+        if (options.ServerCertificateAuthorities is { } authorities)
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, cert, _, errors) =>
+            {
+                if (cert is null) return false;
+                if ((errors & ~SslPolicyErrors.RemoteCertificateChainErrors) != SslPolicyErrors.None) return false;
+                using var chain = new X509Chain();
+                chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+                chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
+                chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+                return chain.Build(cert as X509Certificate2 ?? X509CertificateLoader.LoadCertificate(cert.GetRawCertData()));
+            };
+        return GrpcChannel.ForAddress(address, new GrpcChannelOptions
+        {
+            HttpHandler = handler,
+            MaxReceiveMessageSize = channelOptions.MaxReceiveMessageSize,
+            MaxSendMessageSize = channelOptions.MaxSendMessageSize,
+            LoggerFactory = channelOptions.LoggerFactory,
+        });
+    }
 
     /// <summary>"localhost:50051" → http://localhost:50051/; a URL with a scheme is taken as it is.</summary>
     public static Uri ParseAddress(string address)

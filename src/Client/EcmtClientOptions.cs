@@ -1,3 +1,4 @@
+using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Grpc.Net.Client;
 
@@ -16,6 +17,30 @@ public sealed record EcmtClientOptions
     public Action<RetryEvent>? OnRetry { get; init; }
     /// <summary>Options of the channel the client creates from an address (ignored when it is given a channel).</summary>
     public GrpcChannelOptions? ChannelOptions { get; init; }
+    /// <summary>API key of a server with access control: sent as <c>authorization: Bearer &lt;key&gt;</c> on every call (also over a given channel).</summary>
+    public string? ApiKey { get; init; }
+    /// <summary>Client certificate (with its private key) for a server with mutual TLS; used by the channel the client creates from an https address.</summary>
+    public X509Certificate2? ClientCertificate { get; init; }
+    /// <summary>CA certificates the server's certificate must chain to (a private CA); null: the system's trust store. Used by the channel the client creates.</summary>
+    public X509Certificate2Collection? ServerCertificateAuthorities { get; init; }
+
+    /// <summary>
+    /// The client certificate from PEM files (certificate, and key unless the certificate file holds it), as the TLS
+    /// stack can use it on every platform.
+    /// </summary>
+    public static X509Certificate2 LoadClientCertificate(string certificateFile, string? keyFile = null)
+    {
+        using var pem = X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
+        return X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
+    }
+
+    /// <summary>The certificates of a PEM file (a CA bundle).</summary>
+    public static X509Certificate2Collection LoadAuthorities(string pemFile)
+    {
+        var authorities = new X509Certificate2Collection();
+        authorities.ImportFromPemFile(pemFile);
+        return authorities;
+    }
 }
 
 /// <summary>

@@ -42,3 +42,15 @@ public abstract class StepCounters(int images) : IDisposable
 
     public abstract void Dispose();
 }
+
+/// <summary>
+/// The time step t_b (1-based) of every image of a batch (B ints, in the backend's memory: on a GPU it stays on the
+/// device). Images that joined the batch at different times share one step call, each at its own t. An operation
+/// over B images reads the first B entries; a buffer may hold more (a session's capacity).
+/// </summary>
+public abstract class ImageSteps(int images) : IDisposable
+{
+    public int Images { get; } = images;
+
+    public abstract void Dispose();
+}

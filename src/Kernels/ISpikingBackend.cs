@@ -4,7 +4,9 @@ namespace Ecmt.Kernels;
 /// Runs the operations of one spiking time step of a converted ViT. The engine describes the step as a sequence
 /// of these calls; a backend executes them in its own memory (host arrays, a GPU, ILGPU's CPU accelerator).
 /// <para>
-/// Letters: B images, N tokens, D channels, H heads, Dh = D/H, F MLP width, t the 1-based step.
+/// Letters: B images, N tokens, D channels, H heads, Dh = D/H, F MLP width, t the 1-based step. Every operation that
+/// depends on the step takes it per image (<see cref="ImageSteps"/>, t_b for image b), so images at different steps
+/// share one call (continuous batching).
 /// Every tensor is row-major with the image first. Host-side layers (<see cref="LinearLayer"/>,
 /// <see cref="LayerNormLayer"/>, <see cref="MultiThresholdNeuron"/>) are passed by reference; a backend may
 /// copy them to its memory on first use and keep the copy for the object's lifetime.
@@ -22,6 +24,18 @@ public interface ISpikingBackend : IDisposable
     DeviceTensor Allocate(params int[] shape);
     SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape);
     StepCounters AllocateCounters(int images);
+    ImageSteps AllocateSteps(int images);
+    /// <summary>steps (≤ destination.Images): t_b ≥ 1 per image.</summary>
+    void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination);
+
+    /// <summary>
+    /// A view of the first <paramref name="images"/> images of <paramref name="tensor"/>: same memory, shape
+    /// (images, …). Operations given views run over those images only (a batch kept dense in its first slots).
+    /// Disposing a view frees nothing.
+    /// </summary>
+    DeviceTensor Prefix(DeviceTensor tensor, int images);
+    /// <summary>The first <paramref name="images"/> images of a spike tensor (see <see cref="Prefix(DeviceTensor, int)"/>).</summary>
+    SpikeTensor Prefix(SpikeTensor spikes, int images);
 
     void Upload(ReadOnlySpan<float> source, DeviceTensor destination);
     void Download(DeviceTensor source, Span<float> destination);
@@ -34,6 +48,10 @@ public interface ISpikingBackend : IDisposable
     /// <summary>Zeroes a tensor (membranes and EC sums start at zero for every new image).</summary>
     void Clear(DeviceTensor tensor);
     void Clear(StepCounters counters);
+    /// <summary>Zeroes one image of a tensor (a slot admitting a new image), leaving the others as they are.</summary>
+    void ClearImage(DeviceTensor tensor, int image);
+    /// <summary>Copies image <paramref name="from"/> of a tensor over its image <paramref name="to"/> (compacting a batch).</summary>
+    void CopyImage(DeviceTensor tensor, int from, int to);
     void Copy(DeviceTensor source, DeviceTensor destination);
     /// <summary>x += y (residual connections and the accumulated head output).</summary>
     void Add(DeviceTensor x, DeviceTensor y);
@@ -54,22 +72,22 @@ public interface ISpikingBackend : IDisposable
     void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output);
 
     /// <summary>Expectation-compensated LayerNorm over the last dimension (ECMT.md section 1).</summary>
-    void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output);
+    void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output);
 
     /// <summary>Expectation-compensated exact GELU, elementwise.</summary>
-    void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output);
+    void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output);
 
     /// <summary>Expectation-compensated softmax over the last dimension (keys).</summary>
-    void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output);
+    void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output);
 
     /// <summary>
     /// Matrix-product EC for the attention scores (ECMT.md section 2): with Q, K the spike values in
     /// <paramref name="qkv"/> and S_Q, S_K their running sums in <paramref name="qkvSums"/> (B, N, 3D), writes
     /// scores (B, H, N, N) = scale · (S_Q(t)·S_K(t)ᵀ/t − S_Q(t−1)·S_K(t−1)ᵀ/(t−1)) and advances S_Q, S_K.
-    /// <paramref name="products"/> (B, H, N, N) is the backend's running product state, zero at t = 1.
+    /// <paramref name="products"/> (B, H, N, N) is the backend's running product state, zero at t = 1; t is each image's own step.
     /// Adds the synaptic operations of Q·S_K(t−1)ᵀ, S_Q(t−1)·Kᵀ and Q·Kᵀ to the counters.
     /// </summary>
-    void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+    void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters);
 
     /// <summary>
@@ -79,7 +97,7 @@ public interface ISpikingBackend : IDisposable
     /// <paramref name="products"/> (B, N, D) is the running product state, zero at t = 1.
     /// </summary>
     void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
-        int heads, int t, DeviceTensor output, StepCounters counters);
+        int heads, ImageSteps steps, DeviceTensor output, StepCounters counters);
 
     /// <summary>Waits until all queued work has finished.</summary>
     void Synchronize();

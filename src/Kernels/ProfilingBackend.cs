@@ -56,6 +56,10 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
     public DeviceTensor Allocate(params int[] shape) => Inner.Allocate(shape);
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) => Inner.AllocateSpikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => Inner.AllocateCounters(images);
+    public ImageSteps AllocateSteps(int images) => Inner.AllocateSteps(images);
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => Inner.UploadSteps(steps, destination);
+    public DeviceTensor Prefix(DeviceTensor tensor, int images) => Inner.Prefix(tensor, images);
+    public SpikeTensor Prefix(SpikeTensor spikes, int images) => Inner.Prefix(spikes, images);
     public void Upload(ReadOnlySpan<float> source, DeviceTensor destination) => Inner.Upload(source, destination);
     public void Download(DeviceTensor source, Span<float> destination) => Inner.Download(source, destination);
     public void DownloadCodes(SpikeTensor source, Span<sbyte> destination) => Inner.DownloadCodes(source, destination);
@@ -64,6 +68,8 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
 
     public void Clear(DeviceTensor tensor) => Time("Clear", () => Inner.Clear(tensor), elements: tensor.Length);
     public void Clear(StepCounters counters) => Inner.Clear(counters);
+    public void ClearImage(DeviceTensor tensor, int image) => Time("Clear", () => Inner.ClearImage(tensor, image), elements: tensor.Length / tensor.Images);
+    public void CopyImage(DeviceTensor tensor, int from, int to) => Time(nameof(Copy), () => Inner.CopyImage(tensor, from, to), elements: tensor.Length / tensor.Images);
     public void Copy(DeviceTensor source, DeviceTensor destination) => Time(nameof(Copy), () => Inner.Copy(source, destination), elements: source.Length);
     public void Add(DeviceTensor x, DeviceTensor y) => Time(nameof(Add), () => Inner.Add(x, y), elements: x.Length);
     public void SelectToken(DeviceTensor input, int token, DeviceTensor output) => Time(nameof(SelectToken), () => Inner.SelectToken(input, token, output), elements: output.Length);
@@ -77,24 +83,24 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
     public void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output) =>
         Time(nameof(Linear), () => Inner.Linear(input, layer, output), flops: 2.0 * input.Rows * layer.In * layer.Out, elements: input.Length);
 
-    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output) =>
-        Time(nameof(LayerNormEc), () => Inner.LayerNormEc(input, state, norm, t, output), elements: input.Length);
+    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output) =>
+        Time(nameof(LayerNormEc), () => Inner.LayerNormEc(input, state, norm, steps, output), elements: input.Length);
 
-    public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output) =>
-        Time(nameof(GeluEc), () => Inner.GeluEc(input, state, t, output), elements: input.Length);
+    public void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output) =>
+        Time(nameof(GeluEc), () => Inner.GeluEc(input, state, steps, output), elements: input.Length);
 
-    public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output) =>
-        Time(nameof(SoftmaxEc), () => Inner.SoftmaxEc(input, state, t, output), elements: input.Length);
+    public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output) =>
+        Time(nameof(SoftmaxEc), () => Inner.SoftmaxEc(input, state, steps, output), elements: input.Length);
 
-    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters) =>
         // one (N, N) × (N, Dh)-sized product per image and head: 2·B·N²·D
-        Time(nameof(AttentionScoresEc), () => Inner.AttentionScoresEc(qkv, qkvSums, products, heads, scale, t, scores, counters),
+        Time(nameof(AttentionScoresEc), () => Inner.AttentionScoresEc(qkv, qkvSums, products, heads, scale, steps, scores, counters),
             flops: 2.0 * scores.Length * (qkv.Columns / 3) / heads, elements: scores.Length);
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
-        int heads, int t, DeviceTensor output, StepCounters counters) =>
-        Time(nameof(AttentionValuesEc), () => Inner.AttentionValuesEc(probs, probSums, qkv, qkvSums, products, heads, t, output, counters),
+        int heads, ImageSteps steps, DeviceTensor output, StepCounters counters) =>
+        Time(nameof(AttentionValuesEc), () => Inner.AttentionValuesEc(probs, probSums, qkv, qkvSums, products, heads, steps, output, counters),
             flops: 2.0 * probs.Length * (qkv.Columns / 3) / heads, elements: probs.Length);
 
     public void Synchronize() => Inner.Synchronize();

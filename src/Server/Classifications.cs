@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Ecmt.Engine.Imaging;
 using Ecmt.Engine.Serving;
+using Ecmt.Server.Access;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using StopPolicy = Ecmt.Protos.StopPolicy;
@@ -30,7 +31,7 @@ sealed record ClassifyJob(HostedModel Model, ModelInput Input, int MaxSteps, Sto
 /// an HTTP status). Failures are thrown as <see cref="RpcException"/>, so the gRPC services let them through and REST
 /// maps them in one function.
 /// </summary>
-sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecycle lifecycle, ServerMetrics metrics,
+sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess access, ServerLifecycle lifecycle, ServerMetrics metrics,
     IOptions<EcmtOptions> options, ILogger<Classifications> logger)
 {
     readonly EcmtOptions _options = options.Value;
@@ -38,7 +39,8 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
     /// <summary>Steps run when a request asks for none.</summary>
     public int DefaultSteps => Math.Min(_options.DefaultSteps, _options.Limits.MaxSteps);
     public int MaxSteps => _options.Limits.MaxSteps;
-    public IReadOnlyCollection<HostedModel> Models => host.Models;
+    /// <summary>The models the current caller may use (every model with access control off): what listings show.</summary>
+    public IEnumerable<HostedModel> Models => host.Models.Where(m => access.Allows(m.Name));
     public ModelHost Host => host;
 
     /// <summary>New work is refused once shutdown began.</summary>
@@ -58,10 +60,13 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
     {
         if (string.IsNullOrWhiteSpace(name))
             throw Fail(StatusCode.InvalidArgument, $"{field} is missing: name a hosted model ({Hosted})");
-        return host.Find(name) ?? throw Fail(StatusCode.NotFound, $"model '{name}' is not hosted here; hosted: {Hosted}");
+        var model = host.Find(name) ?? throw Fail(StatusCode.NotFound, $"model '{name}' is not hosted here; hosted: {Hosted}");
+        // Access control: the caller's models only (PERMISSION_DENIED).
+        access.RequireModel(model);
+        return model;
     }
 
-    string Hosted => string.Join(", ", host.Models.Select(m => m.Name));
+    string Hosted => string.Join(", ", Models.Select(m => m.Name));
 
     /// <summary>The steps to run: 0 means the default; more than the limit is OUT_OF_RANGE.</summary>
     public int Steps(long requested)
@@ -100,8 +105,11 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
             throw NotReady(new ModelNotReadyException(model.Name, model.State,
                 model.State == ModelState.Failed ? (model.Faulted ? $"model '{model.Name}' stopped serving: {model.Error}" : $"model '{model.Name}' failed to load: {model.Error}") : $"model '{model.Name}' is still loading; retry shortly"));
 
+        // Per-caller admission (access control: the caller's rate and concurrent streams), then the server's.
+        using var callerSlot = access.Admit();
         using var slot = limiter.TryAcquire()
-            ?? throw Fail(StatusCode.ResourceExhausted, $"too many classifications: this server runs {_options.Limits.MaxConcurrentStreams} at once; retry later");
+            ?? throw Fail(StatusCode.ResourceExhausted, $"too many classifications: this server admits {_options.Limits.MaxConcurrentStreams} at once; retry later",
+                Pushback(TimeSpan.FromSeconds(1)));
         metrics.StreamStarted();
         try
         {
@@ -120,6 +128,11 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
         catch (ModelNotReadyException e)
         {
             throw NotReady(e);
+        }
+        catch (SchedulerFullException e)
+        {
+            // Every slot of the model's batch is taken and its wait queue is full.
+            throw Fail(StatusCode.ResourceExhausted, e.Message, Pushback(e.RetryAfter));
         }
         catch (StopPolicyUnavailableException e)
         {
@@ -162,6 +175,9 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
         }
     }
 
+    /// <summary>The standard gRPC retry hint (gRFC A6): a client should wait this long before trying again.</summary>
+    static Metadata Pushback(TimeSpan wait) => new() { { "grpc-retry-pushback-ms", ((long)Math.Ceiling(wait.TotalMilliseconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) } };
+
     static RpcException NotReady(ModelNotReadyException e) =>
         Fail(e.State == ModelState.Failed ? StatusCode.FailedPrecondition : StatusCode.Unavailable, e.Message);
 
@@ -170,7 +186,10 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, ServerLifecy
         trailers is null ? new(new Status(code, message)) : new(new Status(code, message), trailers);
 }
 
-/// <summary>Admits at most a fixed number of classifications at once (every protocol); refuses rather than queues, so clients back off.</summary>
+/// <summary>
+/// Admits at most a fixed number of classifications at once over every model and protocol (running or waiting for a
+/// slot of a model's batch): the server-wide bound on top of each model's own batch limit and wait queue.
+/// </summary>
 sealed class StreamLimiter(IOptions<EcmtOptions> options)
 {
     readonly int _limit = options.Value.Limits.MaxConcurrentStreams;

@@ -37,7 +37,9 @@ public sealed class EcmtOptions
     [Range(1, int.MaxValue)] public int DefaultSteps { get; set; } = 8;
 
     public TlsOptions Tls { get; set; } = new();
+    public Access.AccessOptions Access { get; set; } = new();
     public LimitOptions Limits { get; set; } = new();
+    public BatchingSettings Batching { get; set; } = new();
     public ShutdownOptions Shutdown { get; set; } = new();
 }
 
@@ -50,20 +52,53 @@ public sealed class TlsOptions
     public string? KeyFile { get; set; }
     /// <summary>Password of a PKCS#12 file or an encrypted PEM key.</summary>
     public string? Password { get; set; }
+    /// <summary>PEM file of the CA(s) client certificates must chain to (mutual TLS; needs Ecmt:Access:File to name the subjects). Unset: no client certificates asked for.</summary>
+    public string? ClientCaFile { get; set; }
+    /// <summary>Refuse the TLS handshake without a client certificate (callers cannot use API keys then). Default: ask for one, accept API keys too.</summary>
+    public bool RequireClientCertificate { get; set; }
 
     public bool Enabled => !string.IsNullOrWhiteSpace(CertificateFile);
 }
 
 public sealed class LimitOptions
 {
-    /// <summary>Classifications running at once, over all models and protocols; one more is refused with RESOURCE_EXHAUSTED (REST: 429).</summary>
-    [Range(1, 100_000)] public int MaxConcurrentStreams { get; set; } = 16;
+    /// <summary>
+    /// Classifications admitted at once (running in a model's batch or waiting for a slot), over all models and
+    /// protocols; one more is refused with RESOURCE_EXHAUSTED (REST: 429). The default is one model's
+    /// <see cref="BatchingSettings.MaxBatch"/> + <see cref="BatchingSettings.QueueLength"/>.
+    /// </summary>
+    [Range(1, 100_000)] public int MaxConcurrentStreams { get; set; } = 96;
     /// <summary>Largest request message (gRPC) or body (REST) in bytes; larger ones are refused with RESOURCE_EXHAUSTED (REST: 413).</summary>
     [Range(1024, int.MaxValue)] public int MaxMessageBytes { get; set; } = 4 * 1024 * 1024;
     /// <summary>Most time steps a request may ask for; more is OUT_OF_RANGE.</summary>
     [Range(1, 1_000_000)] public int MaxSteps { get; set; } = 128;
-    /// <summary>Idle spiking sessions kept per model for reuse (each holds one image's state and a backend).</summary>
-    [Range(0, 10_000)] public int PooledSessionsPerModel { get; set; } = 4;
+}
+
+/// <summary>
+/// Continuous batching: each model's step scheduler runs every admitted image in one batched session, one time step
+/// for all at once. Defaults measured on the shipped model (docs/benchmarks.md).
+/// </summary>
+public sealed class BatchingSettings
+{
+    /// <summary>Most images in one step of a model's batch.</summary>
+    [Range(1, 4096)] public int MaxBatch { get; set; } = 32;
+    /// <summary>Memory for the spiking state of a model's slots, in MiB: the batch limit is min(MaxBatch, budget / state per image).</summary>
+    [Range(1, 1_000_000)] public int StateBudgetMegabytes { get; set; } = 1024;
+    /// <summary>Requests per model that may wait for a slot; one more is refused with RESOURCE_EXHAUSTED and grpc-retry-pushback-ms.</summary>
+    [Range(0, 100_000)] public int QueueLength { get; set; } = 64;
+    /// <summary>Threads the fast CPU backend uses for one model's steps; 0: every core.</summary>
+    [Range(0, 1024)] public int Threads { get; set; }
+    /// <summary>Linux nice value of each model's step thread (0 … 19): above 0 lets health checks and I/O run first under full load.</summary>
+    [Range(0, 19)] public int Nice { get; set; } = 10;
+
+    public Engine.Serving.BatchingOptions ToEngine() => new()
+    {
+        MaxBatch = MaxBatch,
+        StateBudgetBytes = (long)StateBudgetMegabytes << 20,
+        QueueLength = QueueLength,
+        Threads = Threads > 0 ? Threads : Environment.ProcessorCount,
+        Nice = Nice,
+    };
 }
 
 public sealed class ShutdownOptions

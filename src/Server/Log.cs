@@ -36,6 +36,12 @@ static partial class Log
     [LoggerMessage(10, LogLevel.Warning, "Publishing health failed")]
     public static partial void HealthPublishFailed(ILogger logger, Exception error);
 
+    [LoggerMessage(11, LogLevel.Information, "Access file {Path} loaded: {Callers} caller(s)")]
+    public static partial void AccessLoaded(ILogger logger, string path, int callers);
+
+    [LoggerMessage(12, LogLevel.Error, "Access file {Path} could not be read again; keeping the previous version")]
+    public static partial void AccessReloadFailed(ILogger logger, Exception exception, string path);
+
     [LoggerMessage(30, LogLevel.Error, "Backend auto: a CUDA device is present but broken, serving on the fast CPU path instead: {Reason}")]
     public static partial void AutoFellBack(ILogger logger, string reason);
 

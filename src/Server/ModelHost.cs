@@ -38,7 +38,7 @@ public sealed class ModelHost : IHostedService, IDisposable
                 Log.BadConfig(logger, location.Directory, e.Message);
                 continue;
             }
-            var model = new HostedModel(location, config, Backend, metrics, o.Limits.PooledSessionsPerModel);
+            var model = new HostedModel(location, config, Backend, metrics, o.Batching.ToEngine());
             model.StateChanged += m =>
             {
                 if (m.Faulted) Log.ModelFaulted(logger, m.Name, m.Error);

@@ -1,8 +1,13 @@
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
 using Ecmt.Engine.Serving;
+using Ecmt.Server.Access;
 using Ecmt.Server.Oip;
 using Grpc.AspNetCore.HealthChecks;
+using Grpc.AspNetCore.Server;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Authorization;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -49,6 +54,10 @@ public static class ServerApp
             .Validate(o => DistinctPorts(o), "Ecmt:Port, Ecmt:HttpPort and Ecmt:MetricsPort must differ (a port of 0 opens no listener, except Ecmt:Port, which picks a free one)")
             .Validate(o => !o.Tls.Enabled || File.Exists(o.Tls.CertificateFile), "Ecmt:Tls:CertificateFile does not exist")
             .Validate(o => o.Tls.KeyFile is null || File.Exists(o.Tls.KeyFile), "Ecmt:Tls:KeyFile does not exist")
+            .Validate(o => o.Tls.ClientCaFile is null || (o.Tls.Enabled && o.Access.Enabled),
+                "Ecmt:Tls:ClientCaFile needs TLS (Ecmt:Tls:CertificateFile) and an access file naming the certificate subjects (Ecmt:Access:File)")
+            .Validate(o => o.Tls.ClientCaFile is null || File.Exists(o.Tls.ClientCaFile), "Ecmt:Tls:ClientCaFile does not exist")
+            .Validate(o => !o.Tls.RequireClientCertificate || o.Tls.ClientCaFile is not null, "Ecmt:Tls:RequireClientCertificate needs Ecmt:Tls:ClientCaFile")
             .ValidateOnStart();
         // The host's shutdown budget covers the drain delay (spent in ApplicationStopping) and then the streams' time,
         // so in-flight streams get the full TimeoutSeconds after the listeners close, as documented.
@@ -62,6 +71,7 @@ public static class ServerApp
         services.AddSingleton<ServerMetrics>();
         services.AddSingleton<ServerLifecycle>();
         services.AddSingleton<StreamLimiter>();
+        AddAccess(services);
         services.AddSingleton<Classifications>();
         services.AddSingleton<OipInference>();
         services.AddSingleton<ModelHost>();
@@ -111,19 +121,78 @@ public static class ServerApp
     public static WebApplication Build(WebApplicationBuilder builder)
     {
         var app = builder.Build();
+        var options = app.Services.GetRequiredService<IOptions<EcmtOptions>>().Value;
+        var access = options.Access;
+        // Read the access file now: a mistake in it stops the server at startup, like any configuration mistake.
+        app.Services.GetRequiredService<AccessFile>();
         app.UseMiddleware<GrpcStatusMiddleware>();
+        if (options.MetricsPort > 0) app.Use(MetricsPortOnly(options.MetricsPort));
+        app.UseRouting();
+        // Without an access file there is no default scheme and no fallback policy: both middlewares pass every request.
+        app.UseAuthentication();
+        app.UseAuthorization();
+        // With access control on, every endpoint needs a caller (the fallback policy) except those marked open below.
+        bool openHealth = !access.Enabled || access.OpenHealth;
         app.MapGrpcService<ClassifierService>();
-        app.MapGrpcService<OipGrpcService>();
-        RestApi.Map(app);
+        app.MapGrpcService<OipGrpcService>().Add(endpoint =>
+        {
+            // The Open Inference Protocol's server health is open to probes like grpc.health.v1.
+            if (openHealth && endpoint.Metadata.OfType<GrpcMethodMetadata>().FirstOrDefault()?.Method.Name is "ServerLive" or "ServerReady")
+                endpoint.Metadata.Add(new AllowAnonymousAttribute());
+        });
+        RestApi.Map(app, openHealth);
         Page.Map(app);
-        app.MapOpenApi();
-        app.MapGrpcHealthChecksService();
-        app.MapGrpcReflectionService();
-        app.MapPrometheusScrapingEndpoint("/metrics");
+        app.MapOpenApi().AllowAnonymous();
+        var health = app.MapGrpcHealthChecksService();
+        if (openHealth) health.AllowAnonymous();
+        if (access.Reflection) app.MapGrpcReflectionService();
+        // Scrapers reach the metrics port only (the NetworkPolicy admits the monitoring namespace there); it needs no caller.
+        app.MapPrometheusScrapingEndpoint("/metrics").AllowAnonymous();
         // HTTP probes for orchestrators that do not speak gRPC health: live while the process answers, ready as health "".
-        app.MapHealthChecks("/healthz/live", new HealthCheckOptions { Predicate = _ => false });
-        app.MapHealthChecks("/healthz/ready", new HealthCheckOptions { Predicate = r => r.Name == HealthNames.ServerCheck });
+        var live = app.MapHealthChecks("/healthz/live", new HealthCheckOptions { Predicate = _ => false });
+        var ready = app.MapHealthChecks("/healthz/ready", new HealthCheckOptions { Predicate = r => r.Name == HealthNames.ServerCheck });
+        if (openHealth)
+        {
+            live.AllowAnonymous();
+            ready.AllowAnonymous();
+        }
         return app;
+    }
+
+    /// <summary>
+    /// The metrics port serves /metrics and /healthz/* and nothing else (no classification reaches it), and /metrics is
+    /// served there only: the other ports answer it 404.
+    /// </summary>
+    static Func<HttpContext, RequestDelegate, Task> MetricsPortOnly(int metricsPort) => (context, next) =>
+    {
+        var path = context.Request.Path;
+        bool metrics = path == "/metrics", health = path.StartsWithSegments("/healthz");
+        bool onMetricsPort = context.Connection.LocalPort == metricsPort;
+        if (onMetricsPort ? !(metrics || health) : metrics)
+        {
+            context.Response.StatusCode = StatusCodes.Status404NotFound;
+            return Task.CompletedTask;
+        }
+        return next(context);
+    };
+
+    /// <summary>Access control (off without Ecmt:Access:File): the caller scheme, the policy every endpoint falls back to, the refusals' shape.</summary>
+    static void AddAccess(IServiceCollection services)
+    {
+        services.AddHttpContextAccessor();
+        services.AddSingleton<AccessFile>();
+        services.AddSingleton<ClientCertificates>();
+        services.AddSingleton<CallerAccess>();
+        // The scheme is named by the fallback policy only, so it runs only where access control is on.
+        services.AddAuthentication()
+            .AddScheme<AuthenticationSchemeOptions, CallerAuthenticationHandler>(CallerAuthenticationHandler.SchemeName, null);
+        services.AddAuthorization();
+        services.AddOptions<AuthorizationOptions>().Configure<IOptions<EcmtOptions>>((authorization, ecmt) =>
+        {
+            if (ecmt.Value.Access.Enabled)
+                authorization.FallbackPolicy = new AuthorizationPolicyBuilder(CallerAuthenticationHandler.SchemeName).RequireAuthenticatedUser().Build();
+        });
+        services.AddSingleton<IAuthorizationMiddlewareResultHandler, AccessResultHandler>();
     }
 
     public static async Task<int> RunAsync(string[] args)
@@ -157,23 +226,32 @@ public static class ServerApp
     static void ConfigureListeners(KestrelServerOptions kestrel, EcmtOptions o)
     {
         X509Certificate2? certificate = o.Tls.Enabled ? LoadCertificate(o.Tls) : null;
+        // Mutual TLS: the handshake asks for a client certificate (requires one with RequireClientCertificate); the
+        // caller scheme checks it against Ecmt:Tls:ClientCaFile, so a wrong CA is UNAUTHENTICATED with a reason.
+        var https = certificate is null ? null : new HttpsConnectionAdapterOptions
+        {
+            ServerCertificate = certificate,
+            ClientCertificateMode = o.Tls.ClientCaFile is null ? ClientCertificateMode.NoCertificate
+                : o.Tls.RequireClientCertificate ? ClientCertificateMode.RequireCertificate : ClientCertificateMode.AllowCertificate,
+            ClientCertificateValidation = (_, _, _) => true,
+        };
         Listen(kestrel, o.Address, o.Port, listen =>
         {
-            if (certificate is null) listen.Protocols = HttpProtocols.Http2;
+            if (https is null) listen.Protocols = HttpProtocols.Http2;
             else
             {
                 listen.Protocols = HttpProtocols.Http1AndHttp2;
-                listen.UseHttps(certificate);
+                listen.UseHttps(https);
             }
         });
         if (o.HttpPort > 0)
             Listen(kestrel, o.Address, o.HttpPort, listen =>
             {
-                if (certificate is null) listen.Protocols = HttpProtocols.Http1;
+                if (https is null) listen.Protocols = HttpProtocols.Http1;
                 else
                 {
                     listen.Protocols = HttpProtocols.Http1AndHttp2;
-                    listen.UseHttps(certificate);
+                    listen.UseHttps(https);
                 }
             });
         if (o.MetricsPort > 0) Listen(kestrel, o.Address, o.MetricsPort, listen => listen.Protocols = HttpProtocols.Http1);

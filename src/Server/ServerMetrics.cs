@@ -88,8 +88,10 @@ sealed class GrpcStatusMiddleware(RequestDelegate next, ServerMetrics metrics, S
     {
         var trailers = context.Features.Get<IHttpResponseTrailersFeature>()?.Trailers;
         string? value = trailers?["grpc-status"].FirstOrDefault() ?? context.Response.Headers["grpc-status"].FirstOrDefault();
-        if (value is not null && int.TryParse(value, out int code)) return (StatusCode)code;
-        // No status written: the client reset the stream before the server finished.
+        // No status written, or UNKNOWN from a request message that never arrived: the client reset the stream before the
+        // server finished. That is a cancel, not a server error.
+        if (value is not null && int.TryParse(value, out int code) && !((StatusCode)code == StatusCode.Unknown && context.RequestAborted.IsCancellationRequested))
+            return (StatusCode)code;
         return context.RequestAborted.IsCancellationRequested ? StatusCode.Cancelled : StatusCode.Unknown;
     }
 }

@@ -99,7 +99,7 @@ static partial class ServerSettings
     public static IReadOnlyList<string> ValidationErrors(EcmtOptions options)
     {
         var errors = new List<ValidationResult>();
-        foreach (object part in new object[] { options, options.Limits, options.Shutdown, options.Tls })
+        foreach (object part in new object[] { options, options.Limits, options.Shutdown, options.Tls, options.Access })
             Validator.TryValidateObject(part, new ValidationContext(part), errors, validateAllProperties: true);
         var messages = errors.Select(e => e.ErrorMessage ?? "invalid").ToList();
         if (options.DefaultSteps > options.Limits.MaxSteps) messages.Add("DefaultSteps exceeds Limits:MaxSteps");

@@ -242,10 +242,11 @@ public sealed class FastCpuKernelTests : IDisposable
             _fast.UploadCodes(qkvCodes, qa);
             _reference.UploadCodes(probCodes, pe);
             _fast.UploadCodes(probCodes, pa);
-            _reference.AttentionScoresEc(qe, qkvSums.Expected, scoreProducts.Expected, heads, scale, t, scores.Expected, ce);
-            _fast.AttentionScoresEc(qa, qkvSums.Actual, scoreProducts.Actual, heads, scale, t, scores.Actual, ca);
-            _reference.AttentionValuesEc(pe, probSums.Expected, qe, qkvSums.Expected, valueProducts.Expected, heads, t, values.Expected, ce);
-            _fast.AttentionValuesEc(pa, probSums.Actual, qa, qkvSums.Actual, valueProducts.Actual, heads, t, values.Actual, ca);
+            using ImageSteps se = TestData.Uniform(_reference, images, t), sa = TestData.Uniform(_fast, images, t);
+            _reference.AttentionScoresEc(qe, qkvSums.Expected, scoreProducts.Expected, heads, scale, se, scores.Expected, ce);
+            _fast.AttentionScoresEc(qa, qkvSums.Actual, scoreProducts.Actual, heads, scale, sa, scores.Actual, ca);
+            _reference.AttentionValuesEc(pe, probSums.Expected, qe, qkvSums.Expected, valueProducts.Expected, heads, se, values.Expected, ce);
+            _fast.AttentionValuesEc(pa, probSums.Actual, qa, qkvSums.Actual, valueProducts.Actual, heads, sa, values.Actual, ca);
             // P(t) grows like t²; its increments are differences of O(t²) terms, so the tolerance scales with t.
             float atol = 1e-4f * t;
             TestData.AssertClose(Read(_reference, scores.Expected), Read(_fast, scores.Actual), $"scores at t = {t}", rtol: 1e-4f, atol: atol);

@@ -168,8 +168,9 @@ public sealed class IlgpuBackendTests
             {
                 b.UploadCodes(TestData.Codes(Images * n * 3 * d, 4, seed: 60 + t, density: 0.25), qkv);
                 b.UploadCodes(TestData.Codes(Images * heads * n * n, 4, seed: 70 + t, density: 0.2), probs);
-                b.AttentionScoresEc(qkv, qkvSums, scoreProducts, heads, 0.3f, t, scores, counters);
-                b.AttentionValuesEc(probs, probSums, qkv, qkvSums, valueProducts, heads, t, output, counters);
+                using var at = TestData.Uniform(b, Images, t);
+                b.AttentionScoresEc(qkv, qkvSums, scoreProducts, heads, 0.3f, at, scores, counters);
+                b.AttentionValuesEc(probs, probSums, qkv, qkvSums, valueProducts, heads, at, output, counters);
                 foreach (var tensor in new[] { scores, output, qkvSums, probSums })
                 {
                     var values = new float[tensor.Length];
@@ -214,7 +215,8 @@ public sealed class IlgpuBackendTests
             for (int t = 1; t <= 3; t++)
             {
                 b.Upload(TestData.Normal((int)x.Length, seed + t), x);
-                b.LayerNormEc(x, state, norm, t, h);
+                using var at = TestData.Uniform(b, Images, t);
+                b.LayerNormEc(x, state, norm, at, h);
                 b.Fire(h, membrane, spikes, counters, fanOut: OutFeatures);
                 b.SpikeLinear(spikes, Layer, output);
             }

@@ -45,11 +45,12 @@ public class ReferencePropertyTests
             var x = TestData.Normal(rows * width, 100 + t, 2f);
             for (int i = 0; i < x.Length; i++) sumInput[i] += x[i];
             _backend.Upload(x, input);
+            using var at = TestData.Uniform(_backend, 2, t);
             switch (function)
             {
-                case "layernorm": _backend.LayerNormEc(input, state, norm, t, output); break;
-                case "gelu": _backend.GeluEc(input, state, t, output); break;
-                default: _backend.SoftmaxEc(input, state, t, output); break;
+                case "layernorm": _backend.LayerNormEc(input, state, norm, at, output); break;
+                case "gelu": _backend.GeluEc(input, state, at, output); break;
+                default: _backend.SoftmaxEc(input, state, at, output); break;
             }
             var o = Read(output);
             for (int i = 0; i < o.Length; i++) sumOutput[i] += o[i];
@@ -101,8 +102,9 @@ public class ReferencePropertyTests
             _backend.UploadCodes(probCodes, probs);
             for (int i = 0; i < qkvCodes.Length; i++) qkvTotal[i] += neuron.Value(qkvCodes[i], 0);
             for (int i = 0; i < probCodes.Length; i++) probTotal[i] += probsNeuron.Value(probCodes[i], 0);
-            _backend.AttentionScoresEc(qkv, qkvSums, scoreProducts, heads, scale, t, scores, counters);
-            _backend.AttentionValuesEc(probs, probSums, qkv, qkvSums, valueProducts, heads, t, values, counters);
+            using var at = TestData.Uniform(_backend, images, t);
+            _backend.AttentionScoresEc(qkv, qkvSums, scoreProducts, heads, scale, at, scores, counters);
+            _backend.AttentionValuesEc(probs, probSums, qkv, qkvSums, valueProducts, heads, at, values, counters);
             var s = Read(scores);
             var v = Read(values);
             for (int i = 0; i < s.Length; i++) scoreSum[i] += s[i];

@@ -5,6 +5,9 @@ namespace Ecmt.Kernels.Tests;
 /// <summary>The seeded inputs and the comparison of <see cref="CheckData"/>, under the tests' names.</summary>
 static class TestData
 {
+    /// <summary>Every one of <paramref name="images"/> images at step <paramref name="t"/>, on <paramref name="backend"/>.</summary>
+    public static ImageSteps Uniform(ISpikingBackend backend, int images, int t) => CheckData.Uniform(backend, images, t);
+
     public static float[] Normal(int count, int seed, float std = 1f, float mean = 0f) => CheckData.Normal(count, seed, std, mean);
 
     public static sbyte[] Codes(long count, int levels, int seed, double density = 0.4) => CheckData.Codes(count, levels, seed, density);

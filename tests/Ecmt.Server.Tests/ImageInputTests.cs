@@ -85,7 +85,7 @@ public sealed class ImageInputTests
     }
 
     /// <summary>PNG's chunk CRC (ISO 3309, reflected polynomial 0xEDB88320).</summary>
-    static uint Crc32(ReadOnlySpan<byte> data)
+    internal static uint Crc32(ReadOnlySpan<byte> data)
     {
         uint crc = 0xFFFFFFFF;
         foreach (byte b in data)

@@ -118,6 +118,13 @@ public sealed class KestrelTests
         Assert.Equal(HttpVersion.Version11, metrics.Version);
         Assert.Contains("ecmt_steps_total", await metrics.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         Assert.Equal("Healthy", await http.GetStringAsync(new Uri($"http://127.0.0.1:{port}/healthz/ready")));
+        // The metrics port serves metrics and health only (a NetworkPolicy admits scrapers to it alone), and /metrics
+        // is served there only.
+        Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync(new Uri($"http://127.0.0.1:{port}/v2/health/live"))).StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync(new Uri($"http://127.0.0.1:{port}/ecmt/v1/models"))).StatusCode);
+        using var h2 = new HttpClient { DefaultRequestVersion = HttpVersion.Version20, DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        Assert.Equal(HttpStatusCode.NotFound, (await h2.GetAsync(new Uri(host.Address, "/metrics"))).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await h2.GetAsync(new Uri(host.Address, "/healthz/ready"))).StatusCode);
     }
 
     [Fact]
@@ -135,7 +142,8 @@ public sealed class KestrelTests
         Assert.Equal("/c.pem", options.Tls.CertificateFile);
         Assert.Equal(9464, options.MetricsPort);
         Assert.Equal(8080, options.HttpPort);
-        Assert.Equal(16, options.Limits.MaxConcurrentStreams);
+        Assert.Equal(96, options.Limits.MaxConcurrentStreams);
+        Assert.Equal(32, options.Batching.MaxBatch);
     }
 
     [Fact]

@@ -141,6 +141,58 @@ public sealed class PageTests
         Assert.Empty(consoleErrors);
     }
 
+    [Fact]
+    public async Task With_access_control_the_page_asks_for_a_key_and_keeps_it_for_the_session()
+    {
+        if (!File.Exists(Chromium))
+        {
+            Assert.False(Environment.GetEnvironmentVariable("ECMT_REQUIRE_BROWSER") == "1", $"{Chromium} is missing: apt-get install chromium");
+            Assert.Skip($"{Chromium} is not installed (apt-get install chromium): the page is not tested in a browser here");
+        }
+        const string Key = "page-test-key";
+        var dir = Directory.CreateTempSubdirectory("ecmt-page-access-");
+        try
+        {
+            var file = Path.Combine(dir.FullName, "access.json");
+            await File.WriteAllTextAsync(file, $$"""{"callers": [{"name": "page", "key_sha256": "{{AccessTests.Sha(Key)}}", "models": ["*"]}]}""");
+            await using var host = await ServerHost.KestrelWithHttpAsync(["--backend=reference"], ("Ecmt:Access:File", file));
+            using var playwright = await Playwright.CreateAsync();
+            await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+            {
+                ExecutablePath = Chromium,
+                Headless = true,
+                Args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+            });
+            var page = await browser.NewPageAsync();
+            page.SetDefaultTimeout(60_000);
+            SetDefaultExpectTimeout(60_000);
+            var prompts = new List<string>();
+            page.Dialog += async (_, dialog) =>
+            {
+                prompts.Add(dialog.Message);
+                await dialog.AcceptAsync(Key);
+            };
+            await page.GotoAsync(host.HttpAddress!.ToString());
+            // The model list (GET /ecmt/v1/models) answered 401: the page asked once, then listed the model.
+            await Expect(page.Locator("#model")).ToHaveValueAsync(host.Models.Models.Single().Name);
+            Assert.Single(prompts);
+            Assert.Contains("no credential", prompts[0], StringComparison.Ordinal);
+            Assert.Equal(Key, await page.EvaluateAsync<string>("() => sessionStorage.getItem('ecmt.apiKey')"));
+
+            // The classification goes out with the kept key: no second prompt.
+            await page.Locator("#samples button[data-sample='00000-ankle-boot']").ClickAsync();
+            await page.Locator("#rule-none").CheckAsync();
+            await page.Locator("#max-steps").FillAsync("2");
+            await page.Locator("#classify").ClickAsync();
+            await Expect(page.Locator("#state")).ToHaveAttributeAsync("data-state", "done");
+            Assert.Single(prompts);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
     static async Task Screenshot(IPage page)
     {
         var bytes = await page.ScreenshotAsync(new PageScreenshotOptions { FullPage = true });

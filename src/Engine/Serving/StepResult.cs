@@ -12,18 +12,19 @@ public readonly record struct ClassScore(int Index, string Name, float Probabili
 /// </summary>
 public sealed class StepResult
 {
-    internal StepResult(StepOutput output, Conversion.PredictionTracker tracker, Protos.StopSignal signal, IReadOnlyList<string> classNames, double stepMilliseconds)
+    /// <param name="image">The image's index in the batch's output.</param>
+    internal StepResult(StepOutput output, int image, Conversion.PredictionTracker tracker, Protos.StopSignal signal, IReadOnlyList<string> classNames, double stepMilliseconds)
     {
-        Step = output.Step;
+        Step = output.Steps[image];
         Probabilities = tracker.Probabilities.ToArray();
         Prediction = signal.Prediction;
         Confidence = signal.Confidence;
         Margin = signal.Margin;
         Gate = signal.Gate;
         Signal = signal;
-        SynapticOperations = output.Sops[0];
-        EnergyRatio = output.EnergyRatio(0);
-        FiringRate = output.FiringRate(0);
+        SynapticOperations = output.Sops[image];
+        EnergyRatio = output.EnergyRatio(image);
+        FiringRate = output.FiringRate(image);
         StepMilliseconds = stepMilliseconds;
         _classNames = classNames;
     }
@@ -64,7 +65,7 @@ public sealed class StepResult
     }
 }
 
-/// <summary>How one classification went, reported when its session is back in the pool (logs, tests).</summary>
+/// <summary>How one classification went, reported when its slot of the model's batch is released (logs, tests).</summary>
 /// <param name="StepsRun">Time steps the engine ran for this request.</param>
 /// <param name="StepsAfterCancellation">Steps completed after the cancellation signal arrived (at most 1: the step in flight); null when not cancelled.</param>
 public sealed record RunSummary(

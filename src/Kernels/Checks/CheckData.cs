@@ -42,6 +42,14 @@ public static class CheckData
         return new MultiThresholdNeuron(levels, pos, neg, inner, rounding);
     }
 
+    /// <summary>Every one of <paramref name="images"/> images at step <paramref name="t"/>, on <paramref name="backend"/>.</summary>
+    public static ImageSteps Uniform(ISpikingBackend backend, int images, int t)
+    {
+        var steps = backend.AllocateSteps(images);
+        backend.UploadSteps(Enumerable.Repeat(t, images).ToArray(), steps);
+        return steps;
+    }
+
     /// <summary>Throws <see cref="CheckFailedException"/> unless <paramref name="condition"/>.</summary>
     public static void That(bool condition, string failure)
     {

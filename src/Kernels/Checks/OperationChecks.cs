@@ -24,7 +24,7 @@ public sealed record CheckSizes(
 {
     public static CheckSizes Small { get; } = new("small", [3, 6, 24], (2, 5, 16, 12), (4, 24, 10), [2, 7, 20], [2, 3, 7, 7], (2, 9, 16, 2), [2, 5, 8], Steps: 8);
 
-    public static CheckSizes Large { get; } = new("large", [2, 9, 256], (2, 20, 40, 130), (70, 40, 130), [1, 4, 300], [1, 2, 2, 300], (2, 20, 64, 2), [2, 70, 300], Steps: 2);
+    public static CheckSizes Large { get; } = new("large", [2, 9, 256], (2, 20, 40, 130), (70, 40, 130), [2, 2, 300], [2, 1, 2, 300], (2, 20, 64, 2), [2, 70, 300], Steps: 2);
 
     public static CheckSizes Parse(string name) => name.ToLowerInvariant() switch
     {
@@ -66,6 +66,7 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         "layernorm-ec", "gelu-ec", "softmax-ec",
         "attention-ec",
         "elementwise",
+        "per-image-views",
     ];
 
     static string FireName((int Groups, int Inner, int Levels, SpikeRounding Rounding) l) =>
@@ -93,6 +94,7 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
             case "softmax-ec": ExpectationCompensation("softmax"); break;
             case "attention-ec": Attention(); break;
             case "elementwise": Elementwise(); break;
+            case "per-image-views": PerImageViews(); break;
             default: throw new ArgumentException($"unknown check '{name}' (choose one of: {string.Join(", ", Names)})");
         }
     }
@@ -212,6 +214,41 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         }
     }
 
+    /// <summary>Per-image steps on both backends.</summary>
+    sealed class StepsPair(ISpikingBackend reference, ISpikingBackend candidate, int images) : IDisposable
+    {
+        public readonly ImageSteps Expected = reference.AllocateSteps(images), Actual = candidate.AllocateSteps(images);
+
+        public void Set(params int[] steps)
+        {
+            reference.UploadSteps(steps, Expected);
+            candidate.UploadSteps(steps, Actual);
+        }
+
+        public void Dispose()
+        {
+            Expected.Dispose();
+            Actual.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Steps of two images sharing every call: image 0 from iteration 1, image 1 joining at iteration
+    /// <see cref="Joins"/> (its state cleared then, without touching image 0's), so the batch mixes steps.
+    /// </summary>
+    const int Joins = 3;
+    static int[] MixedSteps(int iteration) => [iteration, iteration < Joins ? iteration : iteration - Joins + 1];
+
+    void ClearImage(int image, params Pair[] tensors)
+    {
+        foreach (var t in tensors)
+        {
+            _reference.ClearImage(t.Expected, image);
+            _candidate.ClearImage(t.Actual, image);
+        }
+    }
+
+    StepsPair Steps(int images) => new(_reference, _candidate, images);
     Pair Tensors(params int[] shape) => new(_reference, _candidate, shape);
     SpikePair Spikes(MultiThresholdNeuron neuron, params int[] shape) => new(_reference, _candidate, neuron, shape);
     CounterPair Counters(int images) => new(_reference, _candidate, images);
@@ -282,22 +319,26 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         var actualState = new EcState(inputSum.Actual, outputSum.Actual);
         inputSum.Clear();
         outputSum.Clear();
+        using var steps = Steps(2);
         for (int t = 1; t <= sizes.Steps; t++)
         {
+            // Image 1 starts over at iteration Joins: the two images run at different steps from then on.
+            if (t == Joins) ClearImage(1, inputSum, outputSum);
+            steps.Set(MixedSteps(t));
             input.Set(CheckData.Normal(Count(shape), 30 + t, std: 1.5f));
             switch (function)
             {
                 case "layernorm":
-                    _reference.LayerNormEc(input.Expected, expectedState, norm, t, output.Expected);
-                    _candidate.LayerNormEc(input.Actual, actualState, norm, t, output.Actual);
+                    _reference.LayerNormEc(input.Expected, expectedState, norm, steps.Expected, output.Expected);
+                    _candidate.LayerNormEc(input.Actual, actualState, norm, steps.Actual, output.Actual);
                     break;
                 case "gelu":
-                    _reference.GeluEc(input.Expected, expectedState, t, output.Expected);
-                    _candidate.GeluEc(input.Actual, actualState, t, output.Actual);
+                    _reference.GeluEc(input.Expected, expectedState, steps.Expected, output.Expected);
+                    _candidate.GeluEc(input.Actual, actualState, steps.Actual, output.Actual);
                     break;
                 default:
-                    _reference.SoftmaxEc(input.Expected, expectedState, t, output.Expected);
-                    _candidate.SoftmaxEc(input.Actual, actualState, t, output.Actual);
+                    _reference.SoftmaxEc(input.Expected, expectedState, steps.Expected, output.Expected);
+                    _candidate.SoftmaxEc(input.Actual, actualState, steps.Actual, output.Actual);
                     break;
             }
             output.AssertClose($"{function} output at t = {t}", atol: 1e-4f);
@@ -324,16 +365,20 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         foreach (var t in new[] { qkvSums, probSums, scoreProducts, valueProducts }) t.Clear();
         counters.Clear();
         float scale = 1f / MathF.Sqrt(d / heads);
+        using var imageSteps = Steps(images);
         for (int t = 1; t <= steps; t++)
         {
+            // Image 1 starts over at iteration Joins (its sums and products cleared): mixed steps in one call.
+            if (t == Joins) ClearImage(1, qkvSums, probSums, scoreProducts, valueProducts);
+            imageSteps.Set(MixedSteps(t));
             qkv.Set(CheckData.Codes(images * n * 3 * d, 5, seed: t, density: 0.1 * t));
             probs.Set(CheckData.Codes(images * heads * n * n, 5, seed: 100 + t, density: 0.3));
-            _reference.AttentionScoresEc(qkv.Expected, qkvSums.Expected, scoreProducts.Expected, heads, scale, t, scores.Expected, counters.Expected);
-            _candidate.AttentionScoresEc(qkv.Actual, qkvSums.Actual, scoreProducts.Actual, heads, scale, t, scores.Actual, counters.Actual);
+            _reference.AttentionScoresEc(qkv.Expected, qkvSums.Expected, scoreProducts.Expected, heads, scale, imageSteps.Expected, scores.Expected, counters.Expected);
+            _candidate.AttentionScoresEc(qkv.Actual, qkvSums.Actual, scoreProducts.Actual, heads, scale, imageSteps.Actual, scores.Actual, counters.Actual);
             scores.AssertClose($"scores at t = {t}", atol: 1e-4f);
             counters.AssertEqual($"counters after scores at t = {t}");
-            _reference.AttentionValuesEc(probs.Expected, probSums.Expected, qkv.Expected, qkvSums.Expected, valueProducts.Expected, heads, t, output.Expected, counters.Expected);
-            _candidate.AttentionValuesEc(probs.Actual, probSums.Actual, qkv.Actual, qkvSums.Actual, valueProducts.Actual, heads, t, output.Actual, counters.Actual);
+            _reference.AttentionValuesEc(probs.Expected, probSums.Expected, qkv.Expected, qkvSums.Expected, valueProducts.Expected, heads, imageSteps.Expected, output.Expected, counters.Expected);
+            _candidate.AttentionValuesEc(probs.Actual, probSums.Actual, qkv.Actual, qkvSums.Actual, valueProducts.Actual, heads, imageSteps.Actual, output.Actual, counters.Actual);
             output.AssertClose($"A·V at t = {t}", atol: 1e-4f);
             qkvSums.AssertClose($"qkv sums at t = {t}");
             probSums.AssertClose($"probability sums at t = {t}");
@@ -364,5 +409,34 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         _reference.Clear(x.Expected);
         _candidate.Clear(x.Actual);
         x.AssertClose("clear");
+        }
+
+    /// <summary>Per-image clear and copy, and an operation on a prefix view of the first images, which leaves the rest alone.</summary>
+    void PerImageViews()
+    {
+        int[] shape = [3, sizes.Elementwise[1], sizes.Elementwise[2]];
+        int count = Count(shape), perImage = count / 3;
+        using var x = Tensors(shape);
+        using var y = Tensors(shape);
+        x.Set(CheckData.Normal(count, 5));
+        y.Set(CheckData.Normal(count, 6));
+        _reference.ClearImage(x.Expected, 1);
+        _candidate.ClearImage(x.Actual, 1);
+        x.AssertClose("clear image 1");
+        _reference.CopyImage(x.Expected, 2, 0);
+        _candidate.CopyImage(x.Actual, 2, 0);
+        x.AssertClose("copy image 2 over image 0");
+        DeviceTensor ex = _reference.Prefix(x.Expected, 2), ey = _reference.Prefix(y.Expected, 2);
+        DeviceTensor ax = _candidate.Prefix(x.Actual, 2), ay = _candidate.Prefix(y.Actual, 2);
+        CheckData.That(ax.Shape.SequenceEqual([2, shape[1], shape[2]]), $"prefix view shape [{string.Join(", ", ax.Shape)}]");
+        _reference.Add(ex, ey);
+        _candidate.Add(ax, ay);
+        x.AssertClose("add over a prefix view");
+        var all = new float[count];
+        _candidate.Download(x.Actual, all);
+        CheckData.AssertClose(CheckData.Normal(count, 5).AsSpan(2 * perImage), all.AsSpan(2 * perImage), "the image outside the prefix view", 0, 0);
+        var head = new float[2 * perImage];
+        _candidate.Download(ax, head);
+        CheckData.AssertClose(all.AsSpan(0, 2 * perImage), head, "download of a prefix view", 0, 0);
     }
 }

@@ -64,21 +64,37 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     /// <summary>The spike density (non-zero codes over codes) the last <see cref="SpikeLinear"/> call measured.</summary>
     public double LastSpikeLinearDensity { get; private set; }
 
-    sealed class Tensor(int[] shape) : DeviceTensor(shape)
+    // A view (Prefix) shares its owner's buffer (and keeps it alive) with a shorter shape.
+    sealed class Tensor(int[] shape, Tensor? owner = null) : DeviceTensor(shape)
     {
-        readonly PinnedBuffer<float> _buffer = new(shape.Aggregate(1L, (a, b) => a * b));
+        readonly PinnedBuffer<float> _buffer = owner?._buffer ?? new(shape.Aggregate(1L, (a, b) => a * b));
         public float* P => _buffer.Pointer;
-        public Span<float> Span => _buffer.Span;
+        public Span<float> Span => new(P, checked((int)Length));
         public override void Dispose() { }
     }
 
-    sealed class Spikes(MultiThresholdNeuron neuron, int[] shape) : SpikeTensor(shape, neuron)
+    sealed class Spikes(MultiThresholdNeuron neuron, int[] shape, Spikes? owner = null) : SpikeTensor(shape, neuron)
     {
-        readonly PinnedBuffer<sbyte> _buffer = new(shape.Aggregate(1L, (a, b) => a * b));
-        public readonly NeuronTables Tables = NeuronTables.For(neuron);
+        readonly PinnedBuffer<sbyte> _buffer = owner?._buffer ?? new(shape.Aggregate(1L, (a, b) => a * b));
+        public readonly NeuronTables Tables = owner?.Tables ?? NeuronTables.For(neuron);
         public sbyte* P => _buffer.Pointer;
-        public Span<sbyte> Span => _buffer.Span;
+        public Span<sbyte> Span => new(P, checked((int)Length));
         public override void Dispose() { }
+    }
+
+    sealed class Steps(int images) : ImageSteps(images)
+    {
+        public readonly int[] T = new int[images];
+        public override void Dispose() { }
+    }
+
+    /// <summary>t of each of the first <paramref name="images"/> images, checked to be a step (≥ 1).</summary>
+    static int[] StepsOf(ImageSteps steps, int images)
+    {
+        var t = ((Steps)steps).T;
+        if (steps.Images < images) throw new ArgumentException($"{steps.Images} steps given for {images} images");
+        for (int b = 0; b < images; b++) ArgumentOutOfRangeException.ThrowIfLessThan(t[b], 1, $"step of image {b}");
+        return t;
     }
 
     sealed class Counters(int images) : StepCounters(images)
@@ -95,6 +111,10 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) =>
         neuron.Lossless ? throw new NotSupportedException("lossless neurons (a diagnostic) run on the reference backend only") : new Spikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => new Counters(images);
+    public ImageSteps AllocateSteps(int images) => new Steps(images);
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((Steps)destination).T);
+    public DeviceTensor Prefix(DeviceTensor tensor, int images) => new Tensor(Reference.ReferenceBackend.PrefixShape(tensor.Shape, images), T(tensor));
+    public SpikeTensor Prefix(SpikeTensor spikes, int images) => new Spikes(spikes.Neuron, Reference.ReferenceBackend.PrefixShape(spikes.Shape, images), S(spikes));
 
     public void Upload(ReadOnlySpan<float> source, DeviceTensor destination) => source.CopyTo(T(destination).Span);
     public void Download(DeviceTensor source, Span<float> destination) => T(source).Span.CopyTo(destination);
@@ -112,6 +132,17 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     {
         var x = T(tensor);
         Parallelism.For(Threads, x.Length, 4 * Grain, (a, b) => new Span<float>(x.P + a, (int)(b - a)).Clear());
+    }
+
+    public void ClearImage(DeviceTensor tensor, int image) => ImageSpan(tensor, image).Clear();
+
+    public void CopyImage(DeviceTensor tensor, int from, int to) => ImageSpan(tensor, from).CopyTo(ImageSpan(tensor, to));
+
+    static Span<float> ImageSpan(DeviceTensor tensor, int image)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)image, (uint)tensor.Images, nameof(image));
+        long perImage = tensor.Length / tensor.Images;
+        return new Span<float>(T(tensor).P + image * perImage, checked((int)perImage));
     }
 
     public void Clear(StepCounters counters)
@@ -274,8 +305,10 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void Linear(DeviceTensor input, LinearLayer layer, DeviceTensor output) =>
         OpenBlas.Linear(T(input).Span, (int)input.Rows, layer.In, layer.Weight, layer.Bias, layer.Out, T(output).Span);
 
-    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output)
+    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output)
     {
+        var ts = StepsOf(steps, input.Images);
+        long rowsPerImage = input.Rows / input.Images;
         // input, sums, output (rows, D)
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
         int d = input.Columns;
@@ -290,20 +323,29 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
                 for (long r = r0; r < r1; r++)
                 {
                     long e = r * d;
-                    EcKernels.LayerNormRow(x + e, sum + e, cumulative + e, o + e, d, g, b, eps, t);
+                    EcKernels.LayerNormRow(x + e, sum + e, cumulative + e, o + e, d, g, b, eps, ts[r / rowsPerImage]);
                 }
             }
         });
     }
 
-    public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    public void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
-        Parallelism.For(Threads, input.Length, Grain, (a, b) => EcKernels.Gelu(x + a, sum + a, cumulative + a, o + a, b - a, t), align: 16);
+        var ts = StepsOf(steps, input.Images);
+        long perImage = input.Length / input.Images;
+        Parallelism.ForImages(Threads, input.Images, perImage, Grain, (image, a, b) =>
+        {
+            long e = image * perImage + a;
+            EcKernels.Gelu(x + e, sum + e, cumulative + e, o + e, b - a, ts[image]);
+            return 0;
+        }, align: 16);
     }
 
-    public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
+        var ts = StepsOf(steps, input.Images);
+        long rowsPerImage = input.Rows / input.Images;
         // input, sums, output (rows, keys)
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
         int n = input.Columns;
@@ -312,14 +354,15 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             for (long r = r0; r < r1; r++)
             {
                 long e = r * n;
-                EcKernels.SoftmaxRow(x + e, sum + e, cumulative + e, o + e, n, t);
+                EcKernels.SoftmaxRow(x + e, sum + e, cumulative + e, o + e, n, ts[r / rowsPerImage]);
             }
         });
     }
 
-    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters)
     {
+        var ts = StepsOf(steps, qkv.Images);
         // qkv codes, sums (B, N, 3D); products, scores (B, H, N, N)
         var spikes = S(qkv);
         int images = qkv.Images, n = qkv.Shape[1], d3 = qkv.Columns, d = d3 / 3, dh = d / heads;
@@ -370,14 +413,15 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
                 long block = ((long)image * heads + h) * nn;
                 OpenBlas.Gemm(n, n, dh, new ReadOnlySpan<float>(sq, (n - 1) * d3 + dh), d3, new ReadOnlySpan<float>(sk, (n - 1) * d3 + dh), d3,
                     transposeB: true, new Span<float>(o + block, (int)nn), n);
-                Compensate(o + block, p + block, nn, t, scale);
+                Compensate(o + block, p + block, nn, ts[image], scale);
             }
         }
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
-        int heads, int t, DeviceTensor output, StepCounters counters)
+        int heads, ImageSteps steps, DeviceTensor output, StepCounters counters)
     {
+        var ts = StepsOf(steps, qkv.Images);
         // probs codes, probSums (B, H, N, N); qkv codes, qkvSums (B, N, 3D); products, output (B, N, D)
         var a = S(probs);
         var spikes = S(qkv);
@@ -456,7 +500,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
                 OpenBlas.Gemm(n, dh, n, new ReadOnlySpan<float>(sa, (int)nn), n, new ReadOnlySpan<float>(sv, (n - 1) * d3 + dh), d3,
                     transposeB: false, new Span<float>(o + (long)image * n * d + h * dh, (n - 1) * d + dh), d);
             }
-            Compensate(o + (long)image * n * d, p + (long)image * n * d, (long)n * d, t, 1f);
+            Compensate(o + (long)image * n * d, p + (long)image * n * d, (long)n * d, ts[image], 1f);
         }
     }
 

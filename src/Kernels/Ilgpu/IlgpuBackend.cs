@@ -69,50 +69,79 @@ public sealed class IlgpuBackend : ISpikingBackend
         return (paths[0], paths[1]);
     }
 
+    // A view (Prefix) addresses the first images of its owner's buffer and frees nothing.
     sealed class Tensor : DeviceTensor
     {
         public readonly IlgpuBackend Owner;
-        public readonly MemoryBuffer1D<float, Stride1D.Dense> Buffer;
+        readonly MemoryBuffer1D<float, Stride1D.Dense> _buffer;
+        readonly bool _isView;
 
-        public Tensor(IlgpuBackend owner, int[] shape) : base(shape)
+        public Tensor(IlgpuBackend owner, int[] shape, Tensor? of = null) : base(shape)
         {
             Owner = owner;
-            Buffer = owner._device.Accelerator.Allocate1D<float>(CheckedLength(Length));
-            Buffer.View.MemSetToZero(owner._stream);
+            _isView = of is not null;
+            _buffer = of?._buffer ?? owner._device.Accelerator.Allocate1D<float>(CheckedLength(Length));
+            if (!_isView) _buffer.View.MemSetToZero(owner._stream);
         }
 
-        public ArrayView<float> View => Buffer.View;
+        /// <summary>This tensor's elements (the whole buffer, or a view's first Length).</summary>
+        public ArrayView<float> View => _buffer.View.SubView(0, Length);
 
-        public override void Dispose() => Buffer.Dispose();
+        public override void Dispose()
+        {
+            if (!_isView) _buffer.Dispose();
+        }
     }
 
     sealed class Spikes : SpikeTensor
     {
         public readonly IlgpuBackend Owner;
-        public readonly MemoryBuffer1D<sbyte, Stride1D.Dense> Codes;
+        readonly MemoryBuffer1D<sbyte, Stride1D.Dense> _codes;
         // (1): spikes in Codes, written by the Fire (or upload) that set them.
         public readonly MemoryBuffer1D<int, Stride1D.Dense> Active;
+        readonly bool _isView;
 
-        public Spikes(IlgpuBackend owner, MultiThresholdNeuron neuron, int[] shape) : base(shape, neuron)
+        public Spikes(IlgpuBackend owner, MultiThresholdNeuron neuron, int[] shape, Spikes? of = null) : base(shape, neuron)
         {
             Owner = owner;
-            Codes = owner._device.Accelerator.Allocate1D<sbyte>(CheckedLength(Length));
-            Active = owner._device.Accelerator.Allocate1D<int>(1);
-            Codes.View.MemSetToZero(owner._stream);
+            _isView = of is not null;
+            _codes = of?._codes ?? owner._device.Accelerator.Allocate1D<sbyte>(CheckedLength(Length));
+            Active = of?.Active ?? owner._device.Accelerator.Allocate1D<int>(1);
+            if (_isView) return;
+            _codes.View.MemSetToZero(owner._stream);
             Active.View.MemSetToZero(owner._stream);
         }
 
+        public ArrayView<sbyte> Codes => _codes.View.SubView(0, Length);
+
         public override void Dispose()
         {
-            Codes.Dispose();
+            if (_isView) return;
+            _codes.Dispose();
             Active.Dispose();
         }
+    }
+
+    sealed class Steps : ImageSteps
+    {
+        public readonly IlgpuBackend Owner;
+        // (B): t per image, resident on the device; uploaded once per step.
+        public readonly MemoryBuffer1D<int, Stride1D.Dense> Buffer;
+
+        public Steps(IlgpuBackend owner, int images) : base(images)
+        {
+            Owner = owner;
+            Buffer = owner._device.Accelerator.Allocate1D<int>(images);
+            Buffer.View.MemSetToZero(owner._stream);
+        }
+
+        public override void Dispose() => Buffer.Dispose();
     }
 
     sealed class Counters : StepCounters
     {
         public readonly IlgpuBackend Owner;
-        // (2B): spikes per image, then SOPs per image.
+        // (B, 2): [spikes, SOPs] per image, so that the first images of a larger buffer serve a smaller batch.
         public readonly MemoryBuffer1D<long, Stride1D.Dense> Buffer;
 
         public Counters(IlgpuBackend owner, int images) : base(images)
@@ -142,6 +171,13 @@ public sealed class IlgpuBackend : ISpikingBackend
     Spikes Own(SpikeTensor s) => s is Spikes own && own.Owner == this
         ? own
         : throw new ArgumentException($"spike tensor [{string.Join(", ", s.Shape)}] does not belong to this {Name} backend");
+
+    Steps Own(ImageSteps steps, int images)
+    {
+        var own = steps is Steps s && s.Owner == this ? s : throw new ArgumentException($"steps do not belong to this {Name} backend");
+        if (own.Images < images) throw new ArgumentException($"{own.Images} steps given for {images} images");
+        return own;
+    }
 
     Counters Own(StepCounters c) => c is Counters own && own.Owner == this
         ? own
@@ -173,12 +209,58 @@ public sealed class IlgpuBackend : ISpikingBackend
         return new Counters(this, images);
     }
 
+    public ImageSteps AllocateSteps(int images)
+    {
+        Bind();
+        return new Steps(this, images);
+    }
+
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination)
+    {
+        Bind();
+        var s = Own(destination, steps.Length);
+        foreach (var t in steps) ArgumentOutOfRangeException.ThrowIfLessThan(t, 1, nameof(steps));
+        s.Buffer.View.SubView(0, steps.Length).CopyFromCPU(_stream, steps);
+    }
+
+    public DeviceTensor Prefix(DeviceTensor tensor, int images)
+    {
+        Bind();
+        return new Tensor(this, Reference.ReferenceBackend.PrefixShape(tensor.Shape, images), Own(tensor));
+    }
+
+    public SpikeTensor Prefix(SpikeTensor spikes, int images)
+    {
+        Bind();
+        return new Spikes(this, spikes.Neuron, Reference.ReferenceBackend.PrefixShape(spikes.Shape, images), Own(spikes));
+    }
+
+    public void ClearImage(DeviceTensor tensor, int image)
+    {
+        Bind();
+        ImageView(Own(tensor), image).MemSetToZero(_stream);
+    }
+
+    public void CopyImage(DeviceTensor tensor, int from, int to)
+    {
+        Bind();
+        var t = Own(tensor);
+        ImageView(t, from).CopyTo(_stream, ImageView(t, to));
+    }
+
+    static ArrayView<float> ImageView(Tensor t, int image)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)image, (uint)t.Images, nameof(image));
+        long perImage = t.Length / t.Images;
+        return t.View.SubView(image * perImage, perImage);
+    }
+
     public void Upload(ReadOnlySpan<float> source, DeviceTensor destination)
     {
         Bind();
         var t = Own(destination);
         SameLength(t.Length, source.Length, "upload");
-        t.Buffer.View.CopyFromCPU(_stream, source);
+        t.View.CopyFromCPU(_stream, source);
     }
 
     public void Download(DeviceTensor source, Span<float> destination)
@@ -186,7 +268,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         Bind();
         var t = Own(source);
         SameLength(t.Length, destination.Length, "download");
-        t.Buffer.View.CopyToCPU(_stream, destination);
+        t.View.CopyToCPU(_stream, destination);
     }
 
     public void DownloadCodes(SpikeTensor source, Span<sbyte> destination)
@@ -194,7 +276,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         Bind();
         var s = Own(source);
         SameLength(s.Length, destination.Length, "download of spike codes");
-        s.Codes.View.CopyToCPU(_stream, destination);
+        s.Codes.CopyToCPU(_stream, destination);
     }
 
     public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination)
@@ -204,7 +286,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         SameLength(s.Length, source.Length, "upload of spike codes");
         int active = 0;
         foreach (var code in source) if (code != 0) active++;
-        s.Codes.View.CopyFromCPU(_stream, source);
+        s.Codes.CopyFromCPU(_stream, source);
         s.Active.View.CopyFromCPU(_stream, [active]);
     }
 
@@ -214,14 +296,17 @@ public sealed class IlgpuBackend : ISpikingBackend
         var c = Own(counters);
         var totals = new long[2 * c.Images];
         c.Buffer.View.CopyToCPU(_stream, totals);
-        totals.AsSpan(0, c.Images).CopyTo(spikes);
-        totals.AsSpan(c.Images).CopyTo(sops);
+        for (int b = 0; b < c.Images; b++)
+        {
+            spikes[b] = totals[2 * b];
+            sops[b] = totals[2 * b + 1];
+        }
     }
 
     public void Clear(DeviceTensor tensor)
     {
         Bind();
-        Own(tensor).Buffer.View.MemSetToZero(_stream);
+        Own(tensor).View.MemSetToZero(_stream);
     }
 
     public void Clear(StepCounters counters)
@@ -235,7 +320,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         Bind();
         Tensor s = Own(source), d = Own(destination);
         SameLength(d.Length, s.Length, "copy");
-        s.Buffer.View.CopyTo(_stream, d.Buffer.View);
+        s.View.CopyTo(_stream, d.View);
     }
 
     public void Add(DeviceTensor x, DeviceTensor y)
@@ -265,12 +350,12 @@ public sealed class IlgpuBackend : ISpikingBackend
         Counters c = Own(counters);
         SameLength(x.Length, v.Length, "membrane");
         SameLength(x.Length, s.Length, "spikes");
-        SameLength(x.Images, c.Images, "counters (images)");
+        if (c.Images < x.Images) throw new ArgumentException($"counters for {c.Images} images, given {x.Images}");
         int images = x.Images, perImage = (int)(x.Length / images);
         long chunksPerImage = (perImage + (long)_device.GroupSize * StepKernels.FireElementsPerThread - 1) / (_device.GroupSize * StepKernels.FireElementsPerThread);
         s.Active.View.MemSetToZero(_stream);
         _device.Kernels.Fire(_stream, _device.Groups(images * chunksPerImage, _device.GroupSize),
-            x.View, v.View, new SpikeOutput(s.Codes.View, s.Active.View, Neuron(s)), c.Buffer.View, images, perImage, fanOut);
+            x.View, v.View, new SpikeOutput(s.Codes, s.Active.View, Neuron(s)), c.Buffer.View, images, perImage, fanOut);
     }
 
     /// <summary>
@@ -288,7 +373,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         var (weightT, bias) = _device.Linear(layer);
         int rows = (int)s.Rows;
         int maxEventActive = EventDrivenMaxDensity <= 0 ? -1 : (int)Math.Min(int.MaxValue, Math.Floor(EventDrivenMaxDensity * rows * layer.In));
-        var args = new SpikeLinearArgs(s.Codes.View, Neuron(s), weightT, bias, o.View, s.Active.View, _paths.View, rows, layer.In, layer.Out, maxEventActive);
+        var args = new SpikeLinearArgs(s.Codes, Neuron(s), weightT, bias, o.View, s.Active.View, _paths.View, rows, layer.In, layer.Out, maxEventActive);
         var events = Events((long)rows * layer.In, rows);
         int width = _device.GroupSize * ProductKernels.EventOutputsPerThread;
         _device.Kernels.CompactEvents(_stream, _device.Groups(rows, _device.GroupSize), args, events);
@@ -324,38 +409,40 @@ public sealed class IlgpuBackend : ISpikingBackend
     /// <summary>Threads per group for a row-wise kernel over rows of <paramref name="width"/>: enough to cover a row, at most the device's group.</summary>
     int RowGroupSize(int width) => _device.Shape.RowGroupSize(width);
 
-    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output)
+    // The steps stay on the device (uploaded once per step by the session); kernels read t of the row's image.
+    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output)
     {
         Bind();
         Tensor x = Own(input);
         var ec = Ec(x, state, Own(output));
         SameLength(norm.Dim, x.Columns, "LayerNorm channels");
-        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        var t = Own(steps, x.Images);
         var (gamma, beta) = _device.LayerNorm(norm);
         int rows = (int)x.Rows, width = x.Columns;
-        _device.Kernels.LayerNormEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, gamma, beta, norm.Eps, rows, width, t);
+        _device.Kernels.LayerNormEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, gamma, beta, norm.Eps, rows, width,
+            t.Buffer.View, rows / x.Images);
     }
 
-    public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    public void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
         Bind();
         Tensor x = Own(input);
         var ec = Ec(x, state, Own(output));
-        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
-        _device.Kernels.GeluEc(_stream, _device.Elements(x.Length), ec, (int)x.Length, t);
+        var t = Own(steps, x.Images);
+        _device.Kernels.GeluEc(_stream, _device.Elements(x.Length), ec, t.Buffer.View, (int)(x.Length / x.Images), (int)x.Length);
     }
 
-    public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output)
+    public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
         Bind();
         Tensor x = Own(input);
         var ec = Ec(x, state, Own(output));
-        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
+        var t = Own(steps, x.Images);
         int rows = (int)x.Rows, width = x.Columns;
-        _device.Kernels.SoftmaxEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, rows, width, t);
+        _device.Kernels.SoftmaxEc(_stream, _device.Groups(rows, RowGroupSize(width)), ec, rows, width, t.Buffer.View, rows / x.Images);
     }
 
-    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters)
     {
         Bind();
@@ -363,10 +450,11 @@ public sealed class IlgpuBackend : ISpikingBackend
         Tensor sums = Own(qkvSums), p = Own(products), o = Own(scores);
         Counters c = Own(counters);
         int images = s.Images, tokens = s.Shape[1], dim = s.Columns / 3;
-        CheckAttention(s, sums, heads, t, c);
+        CheckAttention(s, sums, heads, c);
+        var t = Own(steps, images);
         SameLength((long)images * heads * tokens * tokens, p.Length, "score products");
         SameLength(p.Length, o.Length, "scores");
-        var product = new ScoresProduct(s.Codes.View, Neuron(s), sums.View, p.View, o.View, images, heads, tokens, dim, scale, t);
+        var product = new ScoresProduct(s.Codes, Neuron(s), sums.View, p.View, o.View, images, heads, tokens, dim, scale, t.Buffer.View);
         _device.Kernels.Scores(_stream, TileLaunch((long)images * heads, tokens, tokens), product, _device.TileSide);
         // SOPs of the three products from the sums before this step, then S_Q += Q, S_K += K (SopKernels).
         var columns = Scratch((long)images * dim * 4);
@@ -376,20 +464,21 @@ public sealed class IlgpuBackend : ISpikingBackend
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
-        int heads, int t, DeviceTensor output, StepCounters counters)
+        int heads, ImageSteps steps, DeviceTensor output, StepCounters counters)
     {
         Bind();
         Spikes a = Own(probs), s = Own(qkv);
         Tensor aSums = Own(probSums), sums = Own(qkvSums), p = Own(products), o = Own(output);
         Counters c = Own(counters);
         int images = s.Images, tokens = s.Shape[1], dim = s.Columns / 3;
-        CheckAttention(s, sums, heads, t, c);
+        CheckAttention(s, sums, heads, c);
+        var t = Own(steps, images);
         SameLength((long)images * heads * tokens * tokens, a.Length, "probabilities");
         SameLength(a.Length, aSums.Length, "probability sums");
         SameLength((long)images * tokens * dim, p.Length, "value products");
         SameLength(p.Length, o.Length, "attention output");
-        var product = new ValuesProduct(a.Codes.View, Neuron(a), aSums.View, s.Codes.View, Neuron(s), sums.View, p.View, o.View,
-            images, heads, tokens, dim, t);
+        var product = new ValuesProduct(a.Codes, Neuron(a), aSums.View, s.Codes, Neuron(s), sums.View, p.View, o.View,
+            images, heads, tokens, dim, t.Buffer.View);
         _device.Kernels.Values(_stream, TileLaunch((long)images * heads, tokens, dim / heads), product, _device.TileSide);
         // SOPs of the three products from the sums before this step, then S_A += A, S_V += V (SopKernels).
         var columns = Scratch((long)images * heads * tokens * 4);
@@ -437,15 +526,14 @@ public sealed class IlgpuBackend : ISpikingBackend
         return _columns.View;
     }
 
-    static void CheckAttention(Spikes qkv, Tensor sums, int heads, int t, Counters counters)
+    static void CheckAttention(Spikes qkv, Tensor sums, int heads, Counters counters)
     {
         if (qkv.Shape.Length != 3 || qkv.Columns % 3 != 0) throw new ArgumentException("qkv must be (B, N, 3D)");
         ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
         if (qkv.Columns / 3 % heads != 0) throw new ArgumentException($"D = {qkv.Columns / 3} is not divisible by {heads} heads");
         ArgumentOutOfRangeException.ThrowIfGreaterThan(heads, SopKernels.MaxHeads);
-        ArgumentOutOfRangeException.ThrowIfLessThan(t, 1);
         SameLength(qkv.Length, sums.Length, "qkv sums");
-        SameLength(qkv.Images, counters.Images, "counters (images)");
+        if (counters.Images < qkv.Images) throw new ArgumentException($"counters for {counters.Images} images, given {qkv.Images}");
     }
 
     public void Synchronize()

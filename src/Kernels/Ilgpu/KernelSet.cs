@@ -15,9 +15,9 @@ sealed class KernelSet
         Add = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(StepKernels.Add);
         SelectToken = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int>(StepKernels.SelectToken);
         Fire = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, SpikeOutput, ArrayView<long>, int, int, int>(StepKernels.Fire);
-        GeluEc = accelerator.LoadKernel<EcViews, int, int>(StepKernels.GeluEc);
-        LayerNormEc = accelerator.LoadKernel<EcViews, ArrayView<float>, ArrayView<float>, float, int, int, int>(StepKernels.LayerNormEc);
-        SoftmaxEc = accelerator.LoadKernel<EcViews, int, int, int>(StepKernels.SoftmaxEc);
+        GeluEc = accelerator.LoadKernel<EcViews, ArrayView<int>, int, int>(StepKernels.GeluEc);
+        LayerNormEc = accelerator.LoadKernel<EcViews, ArrayView<float>, ArrayView<float>, float, int, int, ArrayView<int>, int>(StepKernels.LayerNormEc);
+        SoftmaxEc = accelerator.LoadKernel<EcViews, int, int, ArrayView<int>, int>(StepKernels.SoftmaxEc);
         DenseSpikeLinear = accelerator.LoadKernel<DenseSpikeLinear, int>(ProductKernels.Tiled);
         CompactEvents = accelerator.LoadKernel<SpikeLinearArgs, EventLists>(ProductKernels.CompactEvents);
         AccumulateEvents = accelerator.LoadKernel<SpikeLinearArgs, EventLists>(ProductKernels.AccumulateEvents);
@@ -35,9 +35,9 @@ sealed class KernelSet
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int> Add { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int> SelectToken { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, SpikeOutput, ArrayView<long>, int, int, int> Fire { get; }
-    public Action<AcceleratorStream, KernelConfig, EcViews, int, int> GeluEc { get; }
-    public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<float>, ArrayView<float>, float, int, int, int> LayerNormEc { get; }
-    public Action<AcceleratorStream, KernelConfig, EcViews, int, int, int> SoftmaxEc { get; }
+    public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<int>, int, int> GeluEc { get; }
+    public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<float>, ArrayView<float>, float, int, int, ArrayView<int>, int> LayerNormEc { get; }
+    public Action<AcceleratorStream, KernelConfig, EcViews, int, int, ArrayView<int>, int> SoftmaxEc { get; }
     public Action<AcceleratorStream, KernelConfig, DenseSpikeLinear, int> DenseSpikeLinear { get; }
     public Action<AcceleratorStream, KernelConfig, SpikeLinearArgs, EventLists> CompactEvents { get; }
     public Action<AcceleratorStream, KernelConfig, SpikeLinearArgs, EventLists> AccumulateEvents { get; }

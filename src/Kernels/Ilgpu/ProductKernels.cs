@@ -149,11 +149,13 @@ readonly struct ScoresProduct : ITiledProduct
     public readonly ArrayView<sbyte> Codes;
     public readonly NeuronView Neuron;
     public readonly ArrayView<float> Sums, Products, Scores;
-    public readonly int Images, Heads, Tokens, Dim, HeadDim, T;
+    public readonly int Images, Heads, Tokens, Dim, HeadDim;
+    /// <summary>(≥ B): each image's step t.</summary>
+    public readonly ArrayView<int> Steps;
     public readonly float Scale;
 
     public ScoresProduct(ArrayView<sbyte> codes, NeuronView neuron, ArrayView<float> sums, ArrayView<float> products, ArrayView<float> scores,
-        int images, int heads, int tokens, int dim, float scale, int t)
+        int images, int heads, int tokens, int dim, float scale, ArrayView<int> steps)
     {
         Codes = codes;
         Neuron = neuron;
@@ -166,7 +168,7 @@ readonly struct ScoresProduct : ITiledProduct
         Dim = dim;
         HeadDim = dim / heads;
         Scale = scale;
-        T = t;
+        Steps = steps;
     }
 
     /// <summary>Index of q channel c of head h of token i of image b in (B, N, 3D); k is at + D.</summary>
@@ -206,7 +208,8 @@ readonly struct ScoresProduct : ITiledProduct
         int i = (block * Tokens + m) * Tokens + n;
         float previous = Products[i], current = previous + sum;
         Products[i] = current;
-        Scores[i] = Scale * (T == 1 ? current : current / T - previous / (T - 1));
+        int t = Steps[block / Heads];
+        Scores[i] = Scale * (t == 1 ? current : current / t - previous / (t - 1));
     }
 }
 
@@ -221,11 +224,13 @@ readonly struct ValuesProduct : ITiledProduct
     public readonly ArrayView<sbyte> ProbCodes, QkvCodes;
     public readonly NeuronView ProbNeuron, QkvNeuron;
     public readonly ArrayView<float> ProbSums, QkvSums, Products, Output;
-    public readonly int Images, Heads, Tokens, Dim, HeadDim, T;
+    public readonly int Images, Heads, Tokens, Dim, HeadDim;
+    /// <summary>(≥ B): each image's step t.</summary>
+    public readonly ArrayView<int> Steps;
 
     public ValuesProduct(ArrayView<sbyte> probCodes, NeuronView probNeuron, ArrayView<float> probSums,
         ArrayView<sbyte> qkvCodes, NeuronView qkvNeuron, ArrayView<float> qkvSums, ArrayView<float> products, ArrayView<float> output,
-        int images, int heads, int tokens, int dim, int t)
+        int images, int heads, int tokens, int dim, ArrayView<int> steps)
     {
         ProbCodes = probCodes;
         ProbNeuron = probNeuron;
@@ -240,7 +245,7 @@ readonly struct ValuesProduct : ITiledProduct
         Tokens = tokens;
         Dim = dim;
         HeadDim = dim / heads;
-        T = t;
+        Steps = steps;
     }
 
     /// <summary>Index of A[i, j] of block (b, h) in (B, H, N, N).</summary>
@@ -283,7 +288,8 @@ readonly struct ValuesProduct : ITiledProduct
         int i = (block / Heads * Tokens + m) * Dim + block % Heads * HeadDim + n;
         float previous = Products[i], current = previous + sum;
         Products[i] = current;
-        Output[i] = T == 1 ? current : current / T - previous / (T - 1);
+        int t = Steps[block / Heads];
+        Output[i] = t == 1 ? current : current / t - previous / (t - 1);
     }
 }
 

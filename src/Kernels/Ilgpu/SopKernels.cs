@@ -55,7 +55,7 @@ static class SopKernels
 
     /// <summary>
     /// Scores, phase 2: one thread per (image, channel), work items (image, G channels) taken in contiguous blocks per
-    /// group; SOPs go to counters[B + b], one reduction and atomic per image a group meets.
+    /// group; SOPs go to counters[2b + 1], one reduction and atomic per image a group meets.
     /// </summary>
     public static void ScoreOperations(ScoresProduct p, ArrayView<int> columns, ArrayView<long> counters)
     {
@@ -68,13 +68,13 @@ static class SopKernels
             int b = item / chunks, c = item % chunks * threads + Group.IdxX;
             if (b != image)
             {
-                AddToImage(counters, p.Images + image, operations);
+                AddToImage(counters, 2 * image + 1, operations);
                 image = b;
                 operations = 0;
             }
             if (c < p.Dim) operations += TakeOperations(columns, (b * p.Dim + c) * 4);
         }
-        if (first < end) AddToImage(counters, p.Images + image, operations);
+        if (first < end) AddToImage(counters, 2 * image + 1, operations);
     }
 
     /// <summary>
@@ -138,7 +138,7 @@ static class SopKernels
 
     /// <summary>
     /// Probabilities × values, phase 2: one thread per (image, head, key), work items (image·head, G keys) taken in
-    /// contiguous blocks per group; SOPs go to counters[B + b], one reduction and atomic per image a group meets.
+    /// contiguous blocks per group; SOPs go to counters[2b + 1], one reduction and atomic per image a group meets.
     /// </summary>
     public static void ValueOperations(ValuesProduct p, ArrayView<int> columns, ArrayView<long> counters)
     {
@@ -151,13 +151,13 @@ static class SopKernels
             int block = item / chunks, j = item % chunks * threads + Group.IdxX;
             if (block / p.Heads != image)
             {
-                AddToImage(counters, p.Images + image, operations);
+                AddToImage(counters, 2 * image + 1, operations);
                 image = block / p.Heads;
                 operations = 0;
             }
             if (j < p.Tokens) operations += TakeOperations(columns, (block * p.Tokens + j) * 4);
         }
-        if (first < end) AddToImage(counters, p.Images + image, operations);
+        if (first < end) AddToImage(counters, 2 * image + 1, operations);
     }
 
     static void AddCounts(ArrayView<int> columns, int at, int a, int sumA, int b, int sumB)

@@ -84,7 +84,7 @@ static class StepKernels
     /// Work item = (image b, chunk of G·4 neurons of that image); the group's threads take the chunk's elements
     /// strided by G (coalesced). A group takes a contiguous block of work items (<see cref="GroupItems"/>), so its items
     /// belong to one or two images: it counts spikes per thread while the image stays the same, then reduces the count
-    /// over the group and adds it with one set of atomics: counters (2B) = [spikes per image | SOPs per image]
+    /// over the group and adds it with one set of atomics: counters (B, 2) = [spikes, SOPs] per image
     /// (SOPs = spikes · fanOut) and the tensor's own spike count <see cref="SpikeOutput.Active"/> (zeroed by the host).
     /// </para>
     /// </summary>
@@ -125,8 +125,8 @@ static class StepKernels
         int total = GroupExtensions.Reduce<int, AddInt32>(fired);
         if (Group.IdxX == 0 && total != 0)
         {
-            Atomic.Add(ref counters[b], total);
-            Atomic.Add(ref counters[images + b], (long)total * fanOut);
+            Atomic.Add(ref counters[2 * b], total);
+            Atomic.Add(ref counters[2 * b + 1], (long)total * fanOut);
             Atomic.Add(ref spikes.Active[0], total);
         }
         // The reduction's shared memory is reused by the next call.
@@ -145,12 +145,13 @@ static class StepKernels
 
     /// <summary>
     /// EC-GELU, element-wise over n elements: S += x; cumulative = t·GELU(S/t); output = cumulative − previous cumulative.
-    /// Uses <see cref="ReferenceMath.Gelu"/> itself (the same erf).
+    /// Uses <see cref="ReferenceMath.Gelu"/> itself (the same erf). t = steps[i / perImage], the element's image's step.
     /// </summary>
-    public static void GeluEc(EcViews ec, int n, int t)
+    public static void GeluEc(EcViews ec, ArrayView<int> steps, int perImage, int n)
     {
         for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX)
         {
+            int t = steps[i / perImage];
             float mean = ec.Accumulate(i) / t;
             ec.Emit(i, t * ReferenceMath.Gelu(mean));
         }
@@ -159,12 +160,14 @@ static class StepKernels
     /// <summary>
     /// EC-LayerNorm over rows (R, D): one group per row, its threads strided over the D channels (coalesced); mean and
     /// variance of S/t by two group reductions (two passes, as <see cref="ReferenceMath.LayerNorm"/>), then
-    /// y = (S/t − mean)·invStd·γ + β and output = t·y − previous cumulative.
+    /// y = (S/t − mean)·invStd·γ + β and output = t·y − previous cumulative; t = steps[row / rowsPerImage].
     /// </summary>
-    public static void LayerNormEc(EcViews ec, ArrayView<float> gamma, ArrayView<float> beta, float eps, int rows, int width, int t)
+    public static void LayerNormEc(EcViews ec, ArrayView<float> gamma, ArrayView<float> beta, float eps, int rows, int width,
+        ArrayView<int> steps, int rowsPerImage)
     {
         for (int row = Grid.IdxX; row < rows; row += Grid.DimX)
         {
+            int t = steps[row / rowsPerImage];
             int start = row * width;
             float partial = 0f;
             for (int j = Group.IdxX; j < width; j += Group.DimX) partial += ec.Accumulate(start + j) / t;
@@ -192,10 +195,11 @@ static class StepKernels
     /// EC-softmax over rows (R, N keys): one group per row; the row maximum and the sum of exp(S/t − max) by group
     /// reductions, as <see cref="ReferenceMath.Softmax"/>; exp is recomputed in the last pass rather than stored.
     /// </summary>
-    public static void SoftmaxEc(EcViews ec, int rows, int width, int t)
+    public static void SoftmaxEc(EcViews ec, int rows, int width, ArrayView<int> steps, int rowsPerImage)
     {
         for (int row = Grid.IdxX; row < rows; row += Grid.DimX)
         {
+            int t = steps[row / rowsPerImage];
             int start = row * width;
             float max = float.NegativeInfinity;
             for (int j = Group.IdxX; j < width; j += Group.DimX) max = MathF.Max(max, ec.Accumulate(start + j) / t);

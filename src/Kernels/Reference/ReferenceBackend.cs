@@ -10,24 +10,27 @@ public sealed class ReferenceBackend : ISpikingBackend
 {
     public string Name => "reference";
 
-    sealed class Tensor(int[] shape) : DeviceTensor(shape)
+    // A view (Prefix) shares its owner's arrays and has a shorter shape: every loop below runs to the tensor's own
+    // Length, never to the array's.
+    sealed class Tensor(int[] shape, float[]? data = null) : DeviceTensor(shape)
     {
-        public readonly float[] Data = new float[shape.Aggregate(1L, (a, b) => a * b)];
+        public readonly float[] Data = data ?? new float[shape.Aggregate(1L, (a, b) => a * b)];
+        public Span<float> Span => Data.AsSpan(0, (int)Length);
         public override void Dispose() { }
     }
 
-    sealed class Spikes(MultiThresholdNeuron neuron, int[] shape) : SpikeTensor(shape, neuron)
+    sealed class Spikes(MultiThresholdNeuron neuron, int[] shape, Spikes? owner = null) : SpikeTensor(shape, neuron)
     {
-        public readonly sbyte[] Codes = new sbyte[shape.Aggregate(1L, (a, b) => a * b)];
+        public readonly sbyte[] Codes = owner?.Codes ?? new sbyte[shape.Aggregate(1L, (a, b) => a * b)];
         /// <summary>A lossless neuron's exact outputs (its codes only mark which are non-zero).</summary>
-        public readonly float[]? Exact = neuron.Lossless ? new float[shape.Aggregate(1L, (a, b) => a * b)] : null;
+        public readonly float[]? Exact = owner is not null ? owner.Exact : neuron.Lossless ? new float[shape.Aggregate(1L, (a, b) => a * b)] : null;
 
         /// <summary>The value of every spike, as floats shaped like the codes.</summary>
         public float[] Values()
         {
-            if (Exact is not null) return (float[])Exact.Clone();
-            var values = new float[Codes.Length];
-            for (long i = 0; i < Codes.Length; i++) values[i] = Neuron.Value(Codes[i], Neuron.GroupOf(i));
+            if (Exact is not null) return Exact.AsSpan(0, (int)Length).ToArray();
+            var values = new float[Length];
+            for (long i = 0; i < Length; i++) values[i] = Neuron.Value(Codes[i], Neuron.GroupOf(i));
             return values;
         }
 
@@ -41,16 +44,45 @@ public sealed class ReferenceBackend : ISpikingBackend
         public override void Dispose() { }
     }
 
+    sealed class Steps(int images) : ImageSteps(images)
+    {
+        public readonly int[] T = new int[images];
+        public override void Dispose() { }
+    }
+
+    /// <summary>t of each of the first <paramref name="images"/> images, checked to be a step (≥ 1).</summary>
+    static int[] StepsOf(ImageSteps steps, int images)
+    {
+        var t = ((Steps)steps).T;
+        if (steps.Images < images) throw new ArgumentException($"{steps.Images} steps given for {images} images");
+        for (int b = 0; b < images; b++) ArgumentOutOfRangeException.ThrowIfLessThan(t[b], 1, $"step of image {b}");
+        return t;
+    }
+
     static float[] Data(DeviceTensor t) => ((Tensor)t).Data;
 
     public DeviceTensor Allocate(params int[] shape) => new Tensor(shape);
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) => new Spikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => new Counters(images);
+    public ImageSteps AllocateSteps(int images) => new Steps(images);
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((Steps)destination).T);
 
-    public void Upload(ReadOnlySpan<float> source, DeviceTensor destination) => source.CopyTo(Data(destination));
-    public void Download(DeviceTensor source, Span<float> destination) => Data(source).CopyTo(destination);
-    public void DownloadCodes(SpikeTensor source, Span<sbyte> destination) => ((Spikes)source).Codes.CopyTo(destination);
-    public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination) => source.CopyTo(((Spikes)destination).Codes);
+    public DeviceTensor Prefix(DeviceTensor tensor, int images) => new Tensor(PrefixShape(tensor.Shape, images), ((Tensor)tensor).Data);
+    public SpikeTensor Prefix(SpikeTensor spikes, int images) => new Spikes(spikes.Neuron, PrefixShape(spikes.Shape, images), (Spikes)spikes);
+
+    internal static int[] PrefixShape(int[] shape, int images)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(images, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(images, shape[0]);
+        var prefix = (int[])shape.Clone();
+        prefix[0] = images;
+        return prefix;
+    }
+
+    public void Upload(ReadOnlySpan<float> source, DeviceTensor destination) => source.CopyTo(((Tensor)destination).Span);
+    public void Download(DeviceTensor source, Span<float> destination) => ((Tensor)source).Span.CopyTo(destination);
+    public void DownloadCodes(SpikeTensor source, Span<sbyte> destination) => ((Spikes)source).Codes.AsSpan(0, (int)source.Length).CopyTo(destination);
+    public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination) => source.CopyTo(((Spikes)destination).Codes.AsSpan(0, (int)destination.Length));
 
     public void ReadCounters(StepCounters counters, Span<long> spikes, Span<long> sops)
     {
@@ -59,7 +91,18 @@ public sealed class ReferenceBackend : ISpikingBackend
         c.Sops.CopyTo(sops);
     }
 
-    public void Clear(DeviceTensor tensor) => Array.Clear(Data(tensor));
+    public void Clear(DeviceTensor tensor) => ((Tensor)tensor).Span.Clear();
+
+    public void ClearImage(DeviceTensor tensor, int image) => ImageSpan(tensor, image).Clear();
+
+    public void CopyImage(DeviceTensor tensor, int from, int to) => ImageSpan(tensor, from).CopyTo(ImageSpan(tensor, to));
+
+    static Span<float> ImageSpan(DeviceTensor tensor, int image)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)image, (uint)tensor.Images, nameof(image));
+        long perImage = tensor.Length / tensor.Images;
+        return Data(tensor).AsSpan((int)(image * perImage), (int)perImage);
+    }
 
     public void Clear(StepCounters counters)
     {
@@ -68,12 +111,12 @@ public sealed class ReferenceBackend : ISpikingBackend
         Array.Clear(c.Sops);
     }
 
-    public void Copy(DeviceTensor source, DeviceTensor destination) => Data(source).CopyTo(Data(destination), 0);
+    public void Copy(DeviceTensor source, DeviceTensor destination) => ((Tensor)source).Span.CopyTo(((Tensor)destination).Span);
 
     public void Add(DeviceTensor x, DeviceTensor y)
     {
         float[] a = Data(x), b = Data(y);
-        for (long i = 0; i < a.Length; i++) a[i] += b[i];
+        for (long i = 0; i < x.Length; i++) a[i] += b[i];
     }
 
     public void SelectToken(DeviceTensor input, int token, DeviceTensor output)
@@ -89,7 +132,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         float[] x = Data(input), v = Data(membrane);
         var s = (Spikes)spikes;
         var c = (Counters)counters;
-        long perImage = x.Length / input.Images;
+        long perImage = input.Length / input.Images;
         // Images are independent: one task each.
         Parallel.For(0, input.Images, image =>
         {
@@ -118,13 +161,16 @@ public sealed class ReferenceBackend : ISpikingBackend
 
     // Expectation compensation (ECMT.md section 1), row by row:
     //   S(t) = S(t−1) + x(t);  cumulative(t) = t·F(S(t)/t);  O(t) = cumulative(t) − cumulative(t−1).
-    void ExpectationCompensation(DeviceTensor input, EcState state, int t, DeviceTensor output, Action<float[], float[]> f)
+    // t is the image's own step.
+    void ExpectationCompensation(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output, Action<float[], float[]> f)
     {
         float[] x = Data(input), sum = Data(state.InputSum), cumulative = Data(state.OutputSum), o = Data(output);
         int width = input.Columns;
         long rowsPerImage = input.Rows / input.Images;
+        var ts = StepsOf(steps, input.Images);
         Parallel.For(0, input.Images, image =>
         {
+            int t = ts[image];
             var mean = new float[width];
             var fOfMean = new float[width];
             for (long row = image * rowsPerImage; row < (image + 1) * rowsPerImage; row++)
@@ -146,17 +192,17 @@ public sealed class ReferenceBackend : ISpikingBackend
         });
     }
 
-    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, int t, DeviceTensor output) =>
-        ExpectationCompensation(input, state, t, output, (x, y) => ReferenceMath.LayerNorm(x, norm.Gamma, norm.Beta, norm.Eps, y));
+    public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output) =>
+        ExpectationCompensation(input, state, steps, output, (x, y) => ReferenceMath.LayerNorm(x, norm.Gamma, norm.Beta, norm.Eps, y));
 
-    public void GeluEc(DeviceTensor input, EcState state, int t, DeviceTensor output) =>
-        ExpectationCompensation(input, state, t, output, (x, y) =>
+    public void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output) =>
+        ExpectationCompensation(input, state, steps, output, (x, y) =>
         {
             for (int j = 0; j < x.Length; j++) y[j] = ReferenceMath.Gelu(x[j]);
         });
 
-    public void SoftmaxEc(DeviceTensor input, EcState state, int t, DeviceTensor output) =>
-        ExpectationCompensation(input, state, t, output, (x, y) => ReferenceMath.Softmax(x, y));
+    public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output) =>
+        ExpectationCompensation(input, state, steps, output, (x, y) => ReferenceMath.Softmax(x, y));
 
     // Matrix-product EC (ECMT.md section 2) in its event-driven form, for one image and head:
     //   P(t) = P(t−1) + A·S_B(t−1) + S_A(t−1)·B + A·B        (so P(t) = S_A(t)·S_B(t))
@@ -195,10 +241,11 @@ public sealed class ReferenceBackend : ISpikingBackend
     static long MatrixProductOperations(float[] a, float[] sumA, float[] b, float[] sumB, int m, int k, int n) =>
         ProductOperations(a, sumB, m, k, n) + ProductOperations(sumA, b, m, k, n) + ProductOperations(a, b, m, k, n);
 
-    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, int t,
+    public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters)
     {
         int images = qkv.Images, n = qkv.Shape[1], d = qkv.Columns / 3, dh = d / heads;
+        var ts = StepsOf(steps, images);
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(scores);
         var c = (Counters)counters;
         Parallel.For(0, images, image =>
@@ -212,7 +259,7 @@ public sealed class ReferenceBackend : ISpikingBackend
                 long block = ((long)image * heads + h) * n * n;
                 var pBlock = p.AsSpan((int)block, n * n).ToArray();
                 c.Sops[image] += MatrixProductOperations(q, sumQ, kT, sumKT, n, dh, n);
-                MatrixProductEc(q, sumQ, kT, sumKT, pBlock, n, dh, n, t, scale, o.AsSpan((int)block, n * n));
+                MatrixProductEc(q, sumQ, kT, sumKT, pBlock, n, dh, n, ts[image], scale, o.AsSpan((int)block, n * n));
                 pBlock.CopyTo(p, block);
                 Scatter(sumQ, sums, image, n, 3 * d, h * dh, dh);
                 Scatter(Transpose(sumKT, dh, n), sums, image, n, 3 * d, d + h * dh, dh);
@@ -221,9 +268,10 @@ public sealed class ReferenceBackend : ISpikingBackend
     }
 
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
-        int heads, int t, DeviceTensor output, StepCounters counters)
+        int heads, ImageSteps steps, DeviceTensor output, StepCounters counters)
     {
         int images = qkv.Images, n = qkv.Shape[1], d = qkv.Columns / 3, dh = d / heads;
+        var ts = StepsOf(steps, images);
         float[] a = ((Spikes)probs).Values(), sumsA = Data(probSums);
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(output);
         var c = (Counters)counters;
@@ -238,7 +286,7 @@ public sealed class ReferenceBackend : ISpikingBackend
                 float[] pBlock = Gather(p, image, n, d, h * dh, dh);
                 var oBlock = new float[n * dh];
                 c.Sops[image] += MatrixProductOperations(aBlock, sumA, v, sumV, n, n, dh);
-                MatrixProductEc(aBlock, sumA, v, sumV, pBlock, n, n, dh, t, 1f, oBlock);
+                MatrixProductEc(aBlock, sumA, v, sumV, pBlock, n, n, dh, ts[image], 1f, oBlock);
                 sumA.CopyTo(sumsA, block);
                 Scatter(sumV, sums, image, n, 3 * d, 2 * d + h * dh, dh);
                 Scatter(pBlock, p, image, n, d, h * dh, dh);

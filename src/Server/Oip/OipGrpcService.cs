@@ -1,4 +1,5 @@
 using Ecmt.Protos.Inference;
+using Google.Protobuf;
 using Grpc.Core;
 
 namespace Ecmt.Server.Oip;
@@ -76,6 +77,7 @@ sealed class OipGrpcService(OipInference oip, ServerMetrics metrics) : GRPCInfer
             }
         }
 
+        Exception? malformed = null;
         try
         {
             await foreach (var request in requestStream.ReadAllAsync(context.CancellationToken))
@@ -84,6 +86,11 @@ sealed class OipGrpcService(OipInference oip, ServerMetrics metrics) : GRPCInfer
                 running.Add(Run(request));
             }
         }
+        catch (Exception e) when (e is InvalidProtocolBufferException or InvalidDataException && !context.CancellationToken.IsCancellationRequested)
+        {
+            // Bytes that are no ModelInferRequest (or no gRPC message frame) end the stream, after the requests before them are answered.
+            malformed = e;
+        }
         finally
         {
             // Answer what was asked before ending the call (or, when it was cancelled, let every run stop first).
@@ -91,5 +98,7 @@ sealed class OipGrpcService(OipInference oip, ServerMetrics metrics) : GRPCInfer
             writing.Dispose();
         }
         await Task.WhenAll(running);
+        if (malformed is not null)
+            throw Classifications.Fail(StatusCode.InvalidArgument, $"a message of the stream is not a gRPC-framed ModelInferRequest: {malformed.Message}");
     }
 }

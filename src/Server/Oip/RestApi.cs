@@ -20,7 +20,8 @@ static class RestApi
     /// <summary>Protobuf's JSON mapping, with fields at their default values written too (a model that is not ready says so).</summary>
     static readonly Google.Protobuf.JsonFormatter ProtoJson = new(Google.Protobuf.JsonFormatter.Settings.Default.WithFormatDefaultValues(true));
 
-    public static void Map(IEndpointRouteBuilder app)
+    /// <param name="openHealth">Health answers without a credential (Ecmt:Access:OpenHealth); the rest falls back to the caller policy.</param>
+    public static void Map(IEndpointRouteBuilder app, bool openHealth)
     {
         var v2 = app.MapGroup("/v2").WithTags(Tag);
         v2.MapGet("", () => Results.Json(RestJson.FromMessage(OipInference.ServerMetadata()), RestJson.Options))
@@ -28,10 +29,10 @@ static class RestApi
             .Produces<ServerMetadataJson>();
         v2.MapGet("/health/live", () => Results.Json(new LiveJson(true), RestJson.Options))
             .WithName("ServerLive").WithSummary("200 while the server answers.")
-            .Produces<LiveJson>();
+            .Produces<LiveJson>().Open(openHealth);
         v2.MapGet("/health/ready", (Classifications c) => Results.Json(new ReadyJson(c.ServerReady), RestJson.Options, statusCode: c.ServerReady ? 200 : 400))
             .WithName("ServerReady").WithSummary("200 once every model has loaded or failed and one is ready; 400 before, and from the start of shutdown.")
-            .Produces<ReadyJson>().Produces<ReadyJson>(400);
+            .Produces<ReadyJson>().Produces<ReadyJson>(400).Open(openHealth);
 
         foreach (var (prefix, versioned) in new[] { ("/models/{name}", false), ("/models/{name}/versions/{version}", true) })
         {
@@ -79,6 +80,8 @@ static class RestApi
             .WithName("GetModel").WithSummary("ecmt.v1 GetModel: one hosted model.")
             .Produces<object>().Errors(404);
     }
+
+    static RouteHandlerBuilder Open(this RouteHandlerBuilder builder, bool open) => open ? builder.AllowAnonymous() : builder;
 
     static RouteHandlerBuilder Errors(this RouteHandlerBuilder builder, params int[] statuses)
     {

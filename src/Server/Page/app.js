@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const TOP_K = 5;
 const LOG_ROWS = 12;
+const API_KEY = "ecmt.apiKey"; // sessionStorage key of the API key the page was given (see api())
 
 const state = {
   models: [],
@@ -71,8 +72,24 @@ async function init() {
   setState("idle", "choose an image");
 }
 
+// Access control: with an access file on the server the API answers 401 without a key. The page then asks for one,
+// keeps it for this tab only (sessionStorage, under API_KEY), and sends it as "Authorization: Bearer <key>".
+async function api(url, init = {}) {
+  for (;;) {
+    const key = sessionStorage.getItem(API_KEY);
+    const headers = { ...(init.headers ?? {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const response = await fetch(url, { ...init, headers });
+    if (response.status !== 401) return response;
+    const reason = await errorOf(response);
+    const entered = window.prompt(`This server needs an API key (${reason}). Key:`);
+    if (!entered) throw new Error(reason);
+    sessionStorage.setItem(API_KEY, entered.trim());
+  }
+}
+
 async function getJson(url) {
-  const response = await fetch(url);
+  const response = await api(url);
   if (!response.ok) throw new Error(`${url}: ${await errorOf(response)}`);
   return response.json();
 }
@@ -247,7 +264,7 @@ async function classify() {
   updateButtons();
   render();
   try {
-    const response = await fetch(`/v2/models/${encodeURIComponent(state.model.name)}/infer_stream`, {
+    const response = await api(`/v2/models/${encodeURIComponent(state.model.name)}/infer_stream`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
