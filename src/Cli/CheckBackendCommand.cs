@@ -62,7 +62,7 @@ static class CheckBackendCommand
                 report["error"] = e.Message;
                 report["kind_of_error"] = e is BackendFaultException ? "fault" : "unavailable";
                 report["passed"] = false;
-                Console.WriteLine(report.ToJsonString());
+                parse.InvocationConfiguration.Output.WriteLine(report.ToJsonString());
                 return 2;
             }
             bool passed = true;
@@ -135,7 +135,7 @@ static class CheckBackendCommand
             }
             report["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1);
             report["passed"] = passed;
-            Console.WriteLine(report.ToJsonString());
+            parse.InvocationConfiguration.Output.WriteLine(report.ToJsonString());
             return passed ? 0 : 1;
         });
         return command;
