@@ -66,6 +66,8 @@ if [[ "$stage" == all || "$stage" == test ]]; then
   # The paper's neuron (the conversion shipped before; no temperatures), for comparison.
   ecmt eval --steps 32 --backend "$backend" --preset reference --thresholds per-channel "${paper[@]}" \
     --stop-at 0.5 0.7 0.9 --stable-steps 0 1 2 > "$out/test-paper.json"
+  # The EVA-layout model (models/fmnist-eva, converted with the same recipe), its table beside the ViT's.
+  ecmt eval --model models/fmnist-eva --steps 32 --backend "$backend" > "$out/test-eva.json"
   # The readable reference backend against the fast one on the same first test images (1,000 by default).
   cross="${ECMT_CROSS_CHECK_IMAGES:-1000}"
   ecmt eval --steps 32 --backend reference --limit "$cross" > "$out/cross-check-reference.json"

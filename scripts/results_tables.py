@@ -100,6 +100,34 @@ if default:
                   "![Reliability without temperatures](results/reliability-uncalibrated.png) "
                   "![Reliability with per-step temperatures](results/reliability-calibrated.png)", ""]
 
+eva = load("test-eva.json")
+if eva:
+    ann = eva["ann_top1"]
+    s = eva["snn_top1_by_step"]
+    vit = default["snn_top1_by_step"] if default else None
+    lines += ["### The EVA-layout model on the test set, beside the ViT", "",
+              f"`models/fmnist-eva` (q/v bias, layer scale, a relative position bias per block, no absolute position "
+              f"embedding, mean pooling + fc_norm; README \"The EVA-layout model\"), converted with the ViT's recipe: "
+              f"`ecmt eval --model models/fmnist-eva --steps 32 --backend {eva['backend'].split()[0]}` ({eva['seconds']:.0f} s on the shared machine, backend {eva['backend']}). "
+              f"ANN top-1 **{pct(ann)} %**" + (f" (the ViT's: {pct(default['ann_top1'])} %)." if default else "."), "",
+              "| T | EVA SNN top-1 % | vs its ANN (points) | energy ratio | firing rate | ECE, τ_t |"
+              + (" ViT SNN top-1 % |" if vit else ""),
+              "|---|---|---|---|---|---|" + ("---|" if vit else "")]
+    for t in STEPS:
+        if t <= eva["steps"]:
+            row = (f"| {t} | {pct(s[t - 1])} | {points(s[t - 1], ann)} | {eva['energy_ratio_by_step'][t - 1]:.3f} | "
+                   f"{eva['firing_rate_by_step'][t - 1]:.3f} | {eva.get('ece_by_step', {}).get('calibrated', [float('nan')] * 64)[t - 1]:.4f} |")
+            if vit:
+                row += f" {pct(vit[t - 1])} |" if t <= default["steps"] else " |"
+            lines.append(row)
+    if "recommended" in eva:
+        r = eva["recommended"]
+        lines += ["", f"Its recommended policy ({policy_text(r['policy'])}, chosen at conversion on its validation images): "
+                  f"{pct(r['top1'])} % ({points(r['top1'], ann)}) at {r['mean_steps']:.2f} mean steps, energy {r['energy_ratio']:.3f}. "
+                  "Logit error |z(t)/t − ANN logits|: "
+                  + ", ".join(f"{eva['logit_error_by_step'][t - 1]:.2f} at t = {t}" for t in (1, 2, 4, 8, 16, 32) if t <= eva["steps"]) + "."]
+    lines.append("")
+
 if paper:
     ann = paper["ann_top1"]
     s = paper["snn_top1_by_step"]

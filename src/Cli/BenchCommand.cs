@@ -18,6 +18,10 @@ namespace Ecmt.Cli;
 static class BenchCommand
 {
     public const string RandomVitSmall = "vit-s16-random";
+    const string RandomSuffix = "-random";
+
+    /// <summary>NAME-random for every named shape (<see cref="VitConfig.NamedShapes"/>): vit-ti16-random … eva-g14-random.</summary>
+    public static IEnumerable<string> RandomModels => VitConfig.NamedShapes.Keys.Select(k => k + RandomSuffix);
 
     public static Command Create()
     {
@@ -30,9 +34,9 @@ static class BenchCommand
         var profile = new Option<bool>("--profile") { Description = "Also time every backend operation over the measured steps (adds \"profile\" to the JSON)" };
         var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, OpenBLAS and the fast CPU loops (default: every core)" };
         var check = new Option<bool>("--check-reference") { Description = "Also run the same images and steps on the reference backend and report how far the outputs are apart" };
-        var calibrationImages = new Option<int>("--random-calibration-images") { Description = $"Random images that calibrate {RandomVitSmall}", DefaultValueFactory = _ => 4 };
+        var calibrationImages = new Option<int>("--random-calibration-images") { Description = "Random images that calibrate a NAME-random model", DefaultValueFactory = _ => 4 };
         var command = new Command("bench",
-            $"Time one SNN step against libtorch's ANN forward of the same ViT; prints one JSON object. --model DIR or --model {RandomVitSmall} (ViT-S/16 shape, random weights calibrated on random images).")
+            $"Time one SNN step against libtorch's ANN forward of the same ViT; prints one JSON object. --model DIR or a named shape with random weights calibrated on random images: {string.Join(", ", RandomModels)}.")
         {
             batch, steps, warmup, repeats, backend, profile, threads, check, calibrationImages,
         };
@@ -248,15 +252,17 @@ static class BenchCommand
     /// <summary>The converted model, its name for the report, and B normalised images (B, C, H, W) to run.</summary>
     static (ConvertedModel Model, string Name, float[] Images) LoadModel(ParseResult parse, ConversionOptions conversion, int batch, int calibrationCount)
     {
-        if (parse.GetValue(conversion.Model) == RandomVitSmall)
+        string? requested = parse.GetValue(conversion.Model);
+        if (requested is not null && requested.EndsWith(RandomSuffix, StringComparison.Ordinal)
+            && VitConfig.NamedShapes.TryGetValue(requested[..^RandomSuffix.Length], out var shape))
         {
-            var config = VitConfig.VitSmall16();
+            var config = shape();
             var weights = VitWeights.Random(config, seed: 1);
             var calibration = RandomImages(config, calibrationCount, seed: 2);
             var settings = conversion.Settings(parse);
-            Console.Error.WriteLine($"calibrating {RandomVitSmall} on {calibrationCount} random images: preset {settings.Preset ?? "custom"}");
+            Console.Error.WriteLine($"calibrating {requested} ({config.LayoutText}) on {calibrationCount} random images: preset {settings.Preset ?? "custom"}");
             var converted = ConvertedModel.Convert(weights, calibration, settings, batchSize: calibrationCount);
-            return (converted, RandomVitSmall, RandomImages(config, batch, seed: 3).Normalized(0, batch, config));
+            return (converted, requested, RandomImages(config, batch, seed: 3).Normalized(0, batch, config));
         }
         var model = conversion.Resolve(parse, Console.Error);
         // Real images when the model is a Fashion-MNIST one and the data is here: spike density depends on the input.

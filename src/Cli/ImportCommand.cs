@@ -8,8 +8,8 @@ static class ImportCommand
 {
     public static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "A timm-layout ViT checkpoint: PyTorch .pth/.pt (state dict) or .safetensors", Required = true };
-        var config = new Option<string>("--config") { Description = "config.json describing the ViT (see models/fmnist-vit/config.json)", Required = true };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "A ViT checkpoint with timm / BEiT / EVA tensor names (the layout is config.json's): PyTorch .pth/.pt (state dict) or .safetensors", Required = true };
+        var config = new Option<string>("--config") { Description = "config.json describing the ViT and its layout (see models/fmnist-vit/config.json, models/fmnist-eva/config.json)", Required = true };
         var output = new Option<string>("--output") { Description = "Model folder to write (config.json + model.safetensors)", Required = true };
         var command = new Command("import", "Import a trained ViT checkpoint into a model folder; every missing, unexpected or mis-shaped tensor is named.")
         {

@@ -11,7 +11,13 @@ static class TrainCommand
 {
     public static Command Create()
     {
-        var output = new Option<string>("--output") { Description = "Folder to write config.json, model.safetensors and train.json to", DefaultValueFactory = _ => "models/fmnist-vit" };
+        var output = new Option<string>("--output") { Description = "Folder to write config.json, model.safetensors and train.json to (default models/fmnist-LAYOUT)" };
+        var layout = new Option<string>("--layout")
+        {
+            Description = "vit: timm's plain ViT (class token, abs pos embed, qkv bias); eva: EVA / BEiT (q/v bias, layer scale gamma_1/gamma_2, relative position bias per block, no abs pos embed, mean pooling + fc_norm)",
+            DefaultValueFactory = _ => "vit",
+        };
+        layout.AcceptOnlyFromAmong("vit", "eva");
         var epochs = new Option<int>("--epochs") { Description = "Training epochs", DefaultValueFactory = _ => 30 };
         var dim = new Option<int>("--dim") { Description = "Embedding dimension D", DefaultValueFactory = _ => 64 };
         var depth = new Option<int>("--depth") { Description = "Number of blocks", DefaultValueFactory = _ => 6 };
@@ -29,11 +35,13 @@ static class TrainCommand
         var shift = new Option<int>("--max-shift") { Description = "Augmentation: random shifts up to this many pixels plus horizontal flips (0: none)", DefaultValueFactory = _ => 2 };
         var command = new Command("train", "Train a small ViT on Fashion-MNIST (libtorch, CPU); 5,000 training images are held out, the test set is never used.")
         {
-            output, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit, warmup, weightDecay, smoothing, shift, threads,
+            output, layout, epochs, dim, depth, heads, mlpRatio, patch, batch, lr, seed, limit, warmup, weightDecay, smoothing, shift, threads,
         };
         command.SetAction(parse =>
         {
             var config = FashionMnist.SmallVit(parse.GetValue(dim), parse.GetValue(depth), parse.GetValue(heads), parse.GetValue(mlpRatio), parse.GetValue(patch));
+            string layoutName = parse.GetValue(layout)!;
+            if (layoutName == "eva") config = FashionMnist.EvaLayout(config);
             config.Validate();
             var options = new TrainOptions
             {
@@ -51,7 +59,7 @@ static class TrainCommand
                 epochsLog.Add(report);
                 Console.Error.WriteLine($"epoch {report.Epoch,3}/{options.Epochs}  loss {report.Loss:F4}  holdout top-1 {report.HoldoutTop1:P2}  {report.Seconds:F0} s");
             });
-            string dir = parse.GetValue(output)!;
+            string dir = parse.GetValue(output) ?? $"models/fmnist-{layoutName}";
             ModelDirectory.Save(dir, weights, metadata: new Dictionary<string, string> { ["format"] = "pt", ["producer"] = "ecmt train" });
             var log = new
             {

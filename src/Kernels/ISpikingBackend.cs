@@ -57,6 +57,13 @@ public interface ISpikingBackend : IDisposable
     void Add(DeviceTensor x, DeviceTensor y);
     /// <summary>output (B, D) = input (B, N, D)[:, token, :].</summary>
     void SelectToken(DeviceTensor input, int token, DeviceTensor output);
+    /// <summary>
+    /// x (B, …) += y (1, …) for every image: an input that does not depend on spikes, the same for every image
+    /// (the relative position bias added to the attention score increments).
+    /// </summary>
+    void AddBroadcast(DeviceTensor x, DeviceTensor y);
+    /// <summary>output (B, D) = mean of input (B, N, D) over tokens first … N − 1 (mean pooling of the patch tokens), summed in token order.</summary>
+    void MeanTokens(DeviceTensor input, int first, DeviceTensor output);
 
     /// <summary>
     /// MT neurons integrate, fire and reset: membrane += input; spikes = fire(membrane); membrane −= value(spikes).

@@ -73,6 +73,8 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
     public void Copy(DeviceTensor source, DeviceTensor destination) => Time(nameof(Copy), () => Inner.Copy(source, destination), elements: source.Length);
     public void Add(DeviceTensor x, DeviceTensor y) => Time(nameof(Add), () => Inner.Add(x, y), elements: x.Length);
     public void SelectToken(DeviceTensor input, int token, DeviceTensor output) => Time(nameof(SelectToken), () => Inner.SelectToken(input, token, output), elements: output.Length);
+    public void AddBroadcast(DeviceTensor x, DeviceTensor y) => Time(nameof(AddBroadcast), () => Inner.AddBroadcast(x, y), elements: x.Length);
+    public void MeanTokens(DeviceTensor input, int first, DeviceTensor output) => Time(nameof(MeanTokens), () => Inner.MeanTokens(input, first, output), elements: input.Length);
 
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut) =>
         Time(nameof(Fire), () => Inner.Fire(input, membrane, spikes, counters, fanOut), elements: input.Length);

@@ -79,6 +79,8 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
             EmbedDim = (uint)c.EmbedDim,
             Depth = (uint)c.Depth,
             NumHeads = (uint)c.NumHeads,
+            Layout = c.LayoutText,
+            MlpDim = (uint)c.MlpDim,
             DefaultSteps = (uint)classifications.DefaultSteps,
             MaxSteps = (uint)classifications.MaxSteps,
             Backend = model.BackendName ?? Kernels.Backends.NameOf(classifications.Host.Backend),

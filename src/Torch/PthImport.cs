@@ -50,7 +50,8 @@ public static class PthImport
         {
             if (entry.Value is Tensor tensor)
             {
-                if (!tensor.is_floating_point())
+                // BEiT / EVA checkpoints store the relative position index (int64) as a buffer; binding checks it.
+                if (!tensor.is_floating_point() && !((string)entry.Key).EndsWith("relative_position_index", StringComparison.Ordinal))
                     throw new InvalidDataException($"{path}: tensor '{entry.Key}' has dtype {tensor.dtype}; only floating-point tensors are imported");
                 result[(string)entry.Key] = TensorConvert.ToDense(tensor);
                 tensor.Dispose();

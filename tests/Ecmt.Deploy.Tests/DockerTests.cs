@@ -223,15 +223,19 @@ public sealed partial class DockerTests
                      "artifacts/x.nupkg", "global.json", "examples/python/ecmt_client.py" })
             Assert.True(ignore.Excludes(excluded), $".dockerignore lets {excluded} into the build context");
         foreach (var kept in new[] { "src/Server/Program.cs", "src/Kernels/Cpu/OpenBlas.cs", "protos/ecmt/v1/classifier.proto", "Directory.Packages.props",
-                     "models/fmnist-vit/model.safetensors", "deploy/docker/healthcheck.sh" })
+                     "models/fmnist-vit/model.safetensors", "models/fmnist-eva/model.safetensors", "deploy/docker/healthcheck.sh" })
             Assert.False(ignore.Excludes(kept), $".dockerignore leaves out {kept}");
     }
 
-    [Fact]
-    public void The_shipped_model_the_images_copy_is_a_converted_model()
+    [Theory]
+    [InlineData("fmnist-vit")]
+    [InlineData("fmnist-eva")]
+    public void The_shipped_models_the_images_copy_are_converted_models(string name)
     {
-        var folder = $"models/{Engine.Model.ModelDirectory.DefaultModelName}";
+        var folder = $"models/{name}";
         if (!Repo.Exists(folder)) Assert.Skip($"{folder} is not in this checkout yet: the images cannot be built until it is");
+        foreach (var dockerfile in new[] { "deploy/docker/Dockerfile.cpu", "deploy/docker/Dockerfile.cuda" })
+            Assert.Contains($"COPY {folder}/ /models/{name}/", File.ReadAllText(Repo.Full(dockerfile)), StringComparison.Ordinal);
         Assert.True(Engine.Conversion.ConvertedModel.IsConvertedModel(Repo.Full(folder)), $"{folder} is not a converted model");
         Assert.True(File.Exists(Repo.Full($"{folder}/{Engine.Model.ModelDirectory.WeightsFile}")));
         var ignore = DockerIgnore.Load();

@@ -72,6 +72,71 @@ public class CrossBackendModelTests
         }
     }
 
+    /// <summary>A tiny model of a layout (TestModels.Layouts), thresholds calibrated per channel on random images.</summary>
+    static SpikingModel TinyLayoutModel(string layout)
+    {
+        var config = TestModels.TinyLayout(layout);
+        return new SpikingModel(ConvertedModel.Convert(TestModels.RandomWeights(config, 4), TestModels.RandomImages(config, 40, 4),
+            ConversionSettings.Calibrated(ThresholdGranularity.PerChannel), batchSize: 20));
+    }
+
+    /// <summary>
+    /// One case per layout and backend: the accumulated logits and the counts of every step as the reference's. ILGPU's
+    /// CPU accelerator (cpu) is slow, so it runs the two layouts that between them use every layout operation; the
+    /// conformance suite holds it to the reference on each operation.
+    /// </summary>
+    [Theory]
+    [InlineData("eva", "fastcpu")]
+    [InlineData("beit-shared", "fastcpu")]
+    [InlineData("no-qkv-bias", "fastcpu")]
+    [InlineData("post-norm", "fastcpu")]
+    [InlineData("eva", "cpu")]
+    [InlineData("post-norm", "cpu")]
+    [InlineData("eva", "cuda")]
+    [InlineData("beit-shared", "cuda")]
+    [InlineData("no-qkv-bias", "cuda")]
+    [InlineData("post-norm", "cuda")]
+    public void Each_layout_gives_the_reference_logits_and_counts(string layout, string backendName)
+    {
+        using var backend = CreateOrSkip(backendName);
+        var model = TinyLayoutModel(layout);
+        const int images = 2, steps = 4;
+        var pixels = TestModels.RandomImages(model.Config, images, 3).Normalized(0, images, model.Config);
+        using var reference = Backends.Create(BackendKind.Reference);
+        var expected = Run(model, reference, pixels, images, steps);
+        var actual = Run(model, backend, pixels, images, steps);
+        for (int t = 0; t < steps; t++)
+        {
+            var e = expected.Outputs[t];
+            var a = actual.Outputs[t];
+            for (int k = 0; k < e.AccumulatedLogits.Length; k++)
+                Assert.True(Math.Abs(e.AccumulatedLogits[k] - a.AccumulatedLogits[k]) <= 1e-4 + 1e-4 * Math.Abs(e.AccumulatedLogits[k]),
+                    $"{layout}, step {t + 1}, logit {k}: {a.AccumulatedLogits[k]} vs reference {e.AccumulatedLogits[k]}");
+            Assert.Equal(e.Sops, a.Sops);
+            Assert.Equal(e.Spikes, a.Spikes);
+        }
+    }
+
+    /// <summary>Every layout's accumulated logits / t converge to the ANN's: the error at t = 32 well under that at t = 4.</summary>
+    [Theory]
+    [InlineData("vit")]
+    [InlineData("eva")]
+    [InlineData("beit-shared")]
+    [InlineData("no-qkv-bias")]
+    [InlineData("post-norm")]
+    public void Each_layout_converges_to_the_ANN(string layout)
+    {
+        var model = TinyLayoutModel(layout);
+        const int images = 4;
+        var pixels = TestModels.RandomImages(model.Config, images, 9).Normalized(0, images, model.Config);
+        var ann = model.Ann.Forward(pixels, images);
+        using var backend = Backends.Create(BackendKind.FastCpu);
+        var outputs = Run(model, backend, pixels, images, 32).Outputs;
+        double Error(int t) => ann.Select((v, k) => Math.Abs(outputs[t - 1].AccumulatedLogits[k] / t - v)).Max();
+        double at4 = Error(4), at32 = Error(32);
+        Assert.True(at32 < 0.25 * at4, $"{layout}: max |logit error| {at4:G3} at t = 4, {at32:G3} at t = 32");
+    }
+
     /// <summary>
     /// The shipped model on the first 1,000 test images, 8 steps. Predictions must agree with the reference on at
     /// least 99.5 % of (image, step) pairs, both on the fixed set of the first 200 images and on all 1,000; per-step

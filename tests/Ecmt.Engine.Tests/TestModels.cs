@@ -16,6 +16,32 @@ static class TestModels
         Mean = Enumerable.Repeat(0.5f, channels).ToArray(), Std = Enumerable.Repeat(0.25f, channels).ToArray(),
     };
 
+    /// <summary>
+    /// Tiny models of every layout the engine takes (names used by the per-layout tests): timm's plain ViT; EVA (q/v
+    /// bias, layer scale gamma_1/gamma_2, a relative position bias per block, no absolute position embedding, mean
+    /// pooling + fc_norm); BEiT with one shared relative position table and timm's layer-scale names; DeiT-like without
+    /// qkv bias and an MLP width that is no multiple of D; EVA's post-norm option. Patch 2 on 8×8 images: a 4×4 grid.
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, Func<VitConfig, VitConfig>> Layouts = new Dictionary<string, Func<VitConfig, VitConfig>>
+    {
+        ["vit"] = c => c,
+        ["eva"] = c => c with
+        {
+            QkvBias = QkvBias.QV, LayerScale = LayerScale.Gamma, RelPosBias = RelPosBias.PerBlock, AbsPosEmbed = false, Pooling = Pooling.Mean,
+        },
+        ["beit-shared"] = c => c with { QkvBias = QkvBias.QV, LayerScale = LayerScale.Timm, RelPosBias = RelPosBias.Shared, Pooling = Pooling.Mean },
+        ["no-qkv-bias"] = c => c with { QkvBias = QkvBias.None, LayerScale = LayerScale.Timm, MlpHidden = 24 },
+        ["post-norm"] = c => c with
+        {
+            PostNorm = true, QkvBias = QkvBias.QV, LayerScale = LayerScale.Gamma, RelPosBias = RelPosBias.PerBlock, AbsPosEmbed = false,
+            Pooling = Pooling.Mean, MlpHidden = 40,
+        },
+    };
+
+    /// <summary>A tiny model of a layout: 8×8 images, patch 2 (a 4×4 grid, N = 17), D = 16, 2 heads.</summary>
+    public static VitConfig TinyLayout(string layout, int depth = 2, int channels = 1) =>
+        Layouts[layout](Tiny(depth, channels) with { PatchSize = 2, Name = $"tiny-{layout}" });
+
     /// <summary>Random weights scaled like a trained small model (norm weights near 1, linear weights ~ 1/√fan-in).</summary>
     public static VitWeights RandomWeights(VitConfig config, int seed)
     {
@@ -23,7 +49,11 @@ static class TestModels
         var rng = new Random(seed + 1);
         foreach (var (name, t) in w.Tensors)
         {
-            if (t.Rank == 2 || t.Rank == 4)
+            if (name.EndsWith("relative_position_bias_table", StringComparison.Ordinal))
+            {
+                for (int i = 0; i < t.Length; i++) t.Data[i] = (float)(rng.NextDouble() - 0.5) * 2f;
+            }
+            else if (t.Rank == 2 || t.Rank == 4)
             {
                 float scale = 1f / MathF.Sqrt(t.Length / t.Shape[0]);
                 for (int i = 0; i < t.Length; i++) t.Data[i] = t.Data[i] / 0.02f * scale;
@@ -33,7 +63,8 @@ static class TestModels
                 for (int i = 0; i < t.Length; i++) t.Data[i] = (float)(rng.NextDouble() - 0.5) * 0.5f;
             }
         }
-        return w;
+        // derived tensors (the (3D) qkv bias, the (H, N, N) relative position bias) are made at binding
+        return VitWeights.Bind(config, w.Tensors);
     }
 
     public static ImageSet RandomImages(VitConfig config, int count, int seed)

@@ -66,7 +66,7 @@ public sealed class FastCpuKernelTests : IDisposable
     {
         // levels, groups, inner, shape: per tensor; q/k/v thirds of (B, N, 3D) rows (runs of D); per head of
         // (B, H, N, N) (runs of N²); per channel (periodic tables); per channel with a period that is not a multiple
-        // of 64; per tensor with more levels than the register search covers (compare per level instead)
+        // of the 32-element block; per tensor with more levels than the register search covers (compare per level instead)
         { 8, 1, 1, [2, 17, 200] },
         { 8, 3, 128, [2, 5, 384] },
         { 8, 3, 81, [2, 3, 9, 9] },
@@ -148,18 +148,18 @@ public sealed class FastCpuKernelTests : IDisposable
     {
         var rng = new Random(5);
         var x = Enumerable.Range(0, 4096).Select(i => i < 2048 ? -95f + 190f * i / 2048 : (float)(rng.NextDouble() * 16 - 8)).ToArray();
-        var lanes = new float[16];
-        for (int i = 0; i < x.Length; i += 16)
+        var lanes = new float[EcKernels.W];
+        for (int i = 0; i < x.Length; i += EcKernels.W)
         {
-            var v = System.Runtime.Intrinsics.Vector512.Create(x, i);
-            System.Runtime.Intrinsics.Vector512.CopyTo(EcKernels.Exp(v), lanes);
-            for (int j = 0; j < 16; j++)
+            var v = System.Runtime.Intrinsics.Vector256.Create(x, i);
+            System.Runtime.Intrinsics.Vector256.CopyTo(EcKernels.Exp(v), lanes);
+            for (int j = 0; j < EcKernels.W; j++)
             {
                 float expected = MathF.Exp(x[i + j]);
                 Assert.True(MathF.Abs(lanes[j] - expected) <= 3e-7f * expected + 1.2e-38f, $"exp({x[i + j]}) = {lanes[j]}, MathF.Exp gives {expected}");
             }
-            System.Runtime.Intrinsics.Vector512.CopyTo(EcKernels.Gelu(v), lanes);
-            for (int j = 0; j < 16; j++)
+            System.Runtime.Intrinsics.Vector256.CopyTo(EcKernels.Gelu(v), lanes);
+            for (int j = 0; j < EcKernels.W; j++)
             {
                 float expected = ReferenceMath.Gelu(x[i + j]);
                 Assert.True(MathF.Abs(lanes[j] - expected) <= 1e-6f * (1 + MathF.Abs(x[i + j])), $"gelu({x[i + j]}) = {lanes[j]}, reference {expected}");
@@ -169,7 +169,7 @@ public sealed class FastCpuKernelTests : IDisposable
 
     public static TheoryData<string, double> LinearCases => new()
     {
-        // Out a multiple of 64 (register blocks only) and not (16-wide and scalar tails); densities around the switch
+        // Out a multiple of 32 (register blocks only) and not (8-wide and scalar tails); densities around the switch
         { "event", 0.02 }, { "event", 0.3 }, { "event", 1.0 },
         { "dense", 0.02 }, { "dense", 0.3 }, { "dense", 1.0 },
     };

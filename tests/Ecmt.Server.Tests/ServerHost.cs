@@ -49,6 +49,9 @@ sealed class ServerHost : IAsyncDisposable
     public static Task<ServerHost> KestrelWithHttpAsync(string[]? args, params (string Key, string Value)[] settings) =>
         StartAsync(kestrel: true, [("Ecmt:HttpPort", FreePort().ToString()), .. settings], args);
 
+    /// <summary>In-process on the converted models under <paramref name="directory"/> (reference backend).</summary>
+    public static Task<ServerHost> InProcessOnAsync(string directory) => StartAsync(kestrel: false, [], [$"--models={directory}", "--backend=reference"]);
+
     /// <summary>In-process on the shipped default model (no model directory given).</summary>
     public static Task<ServerHost> DefaultModelAsync() => StartAsync(kestrel: false, [], ["--backend=reference"]);
 

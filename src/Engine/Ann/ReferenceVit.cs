@@ -21,7 +21,7 @@ public sealed class ReferenceVit(VitWeights weights)
     public VitConfig Config => Weights.Config;
 
     /// <summary>
-    /// The input of block 0: patch embedding plus class token plus position embedding.
+    /// The input of block 0: patch embedding plus class token plus position embedding (when the model has one).
     /// images (B, C, H, W) normalised -> (B, N, D), token 0 the class token.
     /// </summary>
     public float[] Embed(ReadOnlySpan<float> images, int count)
@@ -47,7 +47,7 @@ public sealed class ReferenceVit(VitWeights weights)
         OpenBlas.Linear(patches, count * c.NumPatches, patch, Weights.PatchEmbed.Weight.Data, Weights.PatchEmbed.Bias.Data, d, embedded);
 
         var x = new float[count * n * d];
-        var pos = Weights.PosEmbed.Data;
+        var pos = Weights.PosEmbed?.Data ?? new float[n * d];
         for (int b = 0; b < count; b++)
         {
             for (int j = 0; j < d; j++) x[b * n * d + j] = Weights.ClsToken.Data[j] + pos[j];
@@ -74,9 +74,11 @@ public sealed class ReferenceVit(VitWeights weights)
         for (int l = 0; l < c.Depth; l++)
         {
             var block = Weights.Blocks[l];
-            LayerNormRows(x, block.Norm1, h, d);
-            observer?.Invoke(l, Place.FcQkv, h, [count, n, d]);
-            OpenBlas.Linear(h, rows, d, block.Qkv.Weight.Data, block.Qkv.Bias.Data, 3 * d, qkv);
+            // Pre-norm: the qkv linear reads LN1(x); post-norm: it reads x itself.
+            var attnIn = c.PostNorm ? x : h;
+            if (!c.PostNorm) LayerNormRows(x, block.Norm1, h, d);
+            observer?.Invoke(l, Place.FcQkv, attnIn, [count, n, d]);
+            OpenBlas.Linear(attnIn, rows, d, block.Qkv.Weight.Data, block.Qkv.Bias.Data, 3 * d, qkv);
             if (observer is not null)
             {
                 observer(l, Place.Q, Columns(qkv, rows, 3 * d, 0, d), [count, n, d]);
@@ -84,14 +86,17 @@ public sealed class ReferenceVit(VitWeights weights)
                 observer(l, Place.V, Columns(qkv, rows, 3 * d, 2 * d, d), [count, n, d]);
             }
             var probs = new float[count * heads * n * n];
+            var relBias = block.RelPosBias?.Data;
             for (int b = 0; b < count; b++)
             {
                 for (int hd = 0; hd < heads; hd++)
                 {
-                    // scores (N, N) = scale · Q Kᵀ; Q, K, V are strided (N, Dh) views into qkv (N, 3D)
+                    // scores (N, N) = scale · Q Kᵀ (+ the relative position bias); Q, K, V are strided (N, Dh) views into qkv (N, 3D)
                     var scores = probs.AsSpan((b * heads + hd) * n * n, n * n);
                     var qkvImage = qkv.AsSpan(b * n * 3 * d, n * 3 * d);
                     OpenBlas.Gemm(n, n, dh, qkvImage[(hd * dh)..], 3 * d, qkvImage[(d + hd * dh)..], 3 * d, transposeB: true, scores, n, alpha: scale);
+                    if (relBias is not null)
+                        for (int i = 0; i < n * n; i++) scores[i] += relBias[hd * n * n + i];
                     for (int i = 0; i < n; i++) ReferenceMath.Softmax(scores.Slice(i * n, n), scores.Slice(i * n, n));
                     OpenBlas.Gemm(n, dh, n, scores, n, qkvImage[(2 * d + hd * dh)..], 3 * d, transposeB: false,
                         attnOut.AsSpan(b * n * d + hd * dh), d);
@@ -100,24 +105,61 @@ public sealed class ReferenceVit(VitWeights weights)
             observer?.Invoke(l, Place.S, probs, [count, heads, n, n]);
             observer?.Invoke(l, Place.FcOut, attnOut, [count, n, d]);
             OpenBlas.Linear(attnOut, rows, d, block.Proj.Weight.Data, block.Proj.Bias.Data, d, residual);
-            Add(x, residual);
+            AddBranch(x, residual, c.PostNorm ? block.Norm1 : null, block.Gamma1, h);
 
-            LayerNormRows(x, block.Norm2, h, d);
-            observer?.Invoke(l, Place.Fc1, h, [count, n, d]);
-            OpenBlas.Linear(h, rows, d, block.Fc1.Weight.Data, block.Fc1.Bias.Data, f, hidden);
+            var mlpIn = c.PostNorm ? x : h;
+            if (!c.PostNorm) LayerNormRows(x, block.Norm2, h, d);
+            observer?.Invoke(l, Place.Fc1, mlpIn, [count, n, d]);
+            OpenBlas.Linear(mlpIn, rows, d, block.Fc1.Weight.Data, block.Fc1.Bias.Data, f, hidden);
             for (int i = 0; i < hidden.Length; i++) hidden[i] = ReferenceMath.Gelu(hidden[i]);
             observer?.Invoke(l, Place.Fc2, hidden, [count, n, f]);
             OpenBlas.Linear(hidden, rows, f, block.Fc2.Weight.Data, block.Fc2.Bias.Data, d, residual);
-            Add(x, residual);
+            AddBranch(x, residual, c.PostNorm ? block.Norm2 : null, block.Gamma2, h);
         }
 
-        // The head reads the class token (token 0) after the final LayerNorm.
-        var cls = new float[count * d];
+        // The head reads the class token (token 0) after the final LayerNorm, or the mean of the patch tokens after fc_norm.
+        var pooled = new float[count * d];
+        var pool = Pool(x, count);
+        var finalNorm = Weights.Norm ?? Weights.FcNorm!;
         for (int b = 0; b < count; b++)
-            ReferenceMath.LayerNorm(x.AsSpan(b * n * d, d), Weights.Norm.Weight.Data, Weights.Norm.Bias.Data, c.LayerNormEps, cls.AsSpan(b * d, d));
+            ReferenceMath.LayerNorm(pool.AsSpan(b * d, d), finalNorm.Weight.Data, finalNorm.Bias.Data, c.LayerNormEps, pooled.AsSpan(b * d, d));
         var logits = new float[count * c.NumClasses];
-        OpenBlas.Linear(cls, count, d, Weights.Head.Weight.Data, Weights.Head.Bias.Data, c.NumClasses, logits);
+        OpenBlas.Linear(pooled, count, d, Weights.Head.Weight.Data, Weights.Head.Bias.Data, c.NumClasses, logits);
         return logits;
+    }
+
+    /// <summary>x (B, N, D) -> (B, D): the class token, or the mean of the patch tokens (tokens 1..N−1).</summary>
+    public float[] Pool(ReadOnlySpan<float> x, int count)
+    {
+        var c = Config;
+        int n = c.Tokens, d = c.EmbedDim;
+        var pool = new float[count * d];
+        for (int b = 0; b < count; b++)
+        {
+            if (c.Pooling == Pooling.ClassToken)
+            {
+                x.Slice(b * n * d, d).CopyTo(pool.AsSpan(b * d, d));
+                continue;
+            }
+            for (int t = 1; t < n; t++)
+                for (int j = 0; j < d; j++) pool[b * d + j] += x[(b * n + t) * d + j];
+            for (int j = 0; j < d; j++) pool[b * d + j] /= n - 1;
+        }
+        return pool;
+    }
+
+    /// <summary>x += γ ⊙ branch, the branch first layer-normed for post-norm blocks (<paramref name="scratch"/> same size as x).</summary>
+    void AddBranch(float[] x, float[] branch, NormWeights? postNorm, DenseTensor? gamma, float[] scratch)
+    {
+        int d = Config.EmbedDim;
+        if (postNorm is not null)
+        {
+            LayerNormRows(branch, postNorm, scratch, d);
+            Array.Copy(scratch, branch, branch.Length);
+        }
+        if (gamma is not null)
+            for (int i = 0; i < branch.Length; i++) branch[i] *= gamma.Data[i % d];
+        Add(x, branch);
     }
 
     void LayerNormRows(float[] x, NormWeights norm, float[] y, int d)

@@ -126,4 +126,15 @@ public static class FashionMnist
         EmbedDim = embedDim, Depth = depth, NumHeads = heads, MlpRatio = mlpRatio,
         NumClasses = 10, ClassNames = ClassNames, Mean = [Mean], Std = [Std],
     };
+
+    /// <summary>
+    /// The EVA / BEiT layout of a small ViT: q/v bias, layer scale (gamma_1/gamma_2), a relative position bias per
+    /// block and no absolute position embedding, mean pooling of the patch tokens then fc_norm. Named fmnist-eva.
+    /// </summary>
+    public static VitConfig EvaLayout(VitConfig config) => config with
+    {
+        Name = "fmnist-eva",
+        QkvBias = QkvBias.QV, LayerScale = LayerScale.Gamma, RelPosBias = RelPosBias.PerBlock,
+        AbsPosEmbed = false, Pooling = Pooling.Mean,
+    };
 }

@@ -5,11 +5,16 @@ using Ecmt.Kernels;
 
 namespace Ecmt.Engine.Simulation;
 
-/// <summary>The layers and MT neurons of one block, in the form backends take.</summary>
+/// <summary>
+/// The layers and MT neurons of one block, in the form backends take. Layer scale is folded in (exact, it is linear):
+/// γ₁ into Proj and γ₂ into Fc2 for pre-norm blocks, into Norm1's and Norm2's affine parameters for post-norm blocks.
+/// <paramref name="RelPosBias"/> (H, N, N): the relative position bias added to the score increment at every step, or null.
+/// </summary>
 public sealed record SpikingBlock(
     LayerNormLayer Norm1, MultiThresholdNeuron FcQkvNeuron, LinearLayer Qkv, MultiThresholdNeuron QkvNeuron,
     MultiThresholdNeuron SNeuron, MultiThresholdNeuron FcOutNeuron, LinearLayer Proj,
-    LayerNormLayer Norm2, MultiThresholdNeuron Fc1Neuron, LinearLayer Fc1, MultiThresholdNeuron Fc2Neuron, LinearLayer Fc2);
+    LayerNormLayer Norm2, MultiThresholdNeuron Fc1Neuron, LinearLayer Fc1, MultiThresholdNeuron Fc2Neuron, LinearLayer Fc2,
+    float[]? RelPosBias = null);
 
 /// <summary>The expectation-compensation modules whose output an <see cref="Ablation"/> can replace by the ANN's value.</summary>
 public enum EcModule
@@ -74,12 +79,17 @@ public sealed class SpikingModel
         Blocks = Enumerable.Range(0, c.Depth).Select(i =>
         {
             var b = w.Blocks[i];
+            // Layer scale multiplies the branch's last linear map (pre-norm) or its LayerNorm (post-norm).
+            var (projGamma, fc2Gamma) = c.PostNorm ? (null, null) : (b.Gamma1, b.Gamma2);
+            var (norm1Gamma, norm2Gamma) = c.PostNorm ? (b.Gamma1, b.Gamma2) : (null, null);
             return new SpikingBlock(
-                Norm(b.Norm1, c), Neuron(i, Place.FcQkv, 1), Linear(b.Qkv), QkvNeuron(i),
-                Neuron(i, Place.S, c.Tokens * c.Tokens), Neuron(i, Place.FcOut, 1), Linear(b.Proj),
-                Norm(b.Norm2, c), Neuron(i, Place.Fc1, 1), Linear(b.Fc1), Neuron(i, Place.Fc2, 1), Linear(b.Fc2));
+                Norm(b.Norm1, c, norm1Gamma), Neuron(i, Place.FcQkv, 1), Linear(b.Qkv), QkvNeuron(i),
+                Neuron(i, Place.S, c.Tokens * c.Tokens), Neuron(i, Place.FcOut, 1), Linear(b.Proj, projGamma),
+                Norm(b.Norm2, c, norm2Gamma), Neuron(i, Place.Fc1, 1), Linear(b.Fc1), Neuron(i, Place.Fc2, 1), Linear(b.Fc2, fc2Gamma),
+                b.RelPosBias?.Data);
         }).ToArray();
-        FinalNorm = Norm(w.Norm, c);
+        // The head's LayerNorm: the final norm on the class token, or fc_norm on the mean of the patch tokens.
+        FinalNorm = Norm((w.Norm ?? w.FcNorm)!, c);
         Head = Linear(w.Head);
         DenseOperationsPerStep = DenseOperations(c);
     }
@@ -107,9 +117,25 @@ public sealed class SpikingModel
         return c.Depth * (n * (3 * d * d + d * d + 2 * d * f) + 2 * n * n * d);
     }
 
-    static LinearLayer Linear(LinearWeights w) => new(w.Weight.Data, w.Bias.Data, w.In, w.Out);
+    /// <summary>The layer, its output channels scaled by γ when given (γ ⊙ (W x + b) = (diag(γ) W) x + γ ⊙ b).</summary>
+    static LinearLayer Linear(LinearWeights w, DenseTensor? gamma = null)
+    {
+        if (gamma is null) return new(w.Weight.Data, w.Bias.Data, w.In, w.Out);
+        var weight = new float[w.Weight.Length];
+        var bias = new float[w.Out];
+        for (int o = 0; o < w.Out; o++)
+        {
+            float g = gamma.Data[o];
+            for (int i = 0; i < w.In; i++) weight[o * w.In + i] = g * w.Weight.Data[o * w.In + i];
+            bias[o] = g * w.Bias.Data[o];
+        }
+        return new(weight, bias, w.In, w.Out);
+    }
 
-    static LayerNormLayer Norm(NormWeights w, VitConfig c) => new(w.Weight.Data, w.Bias.Data, c.LayerNormEps);
+    /// <summary>The LayerNorm, its affine parameters scaled by γ when given.</summary>
+    static LayerNormLayer Norm(NormWeights w, VitConfig c, DenseTensor? gamma = null) => gamma is null
+        ? new(w.Weight.Data, w.Bias.Data, c.LayerNormEps)
+        : new(w.Weight.Data.Select((v, i) => v * gamma.Data[i]).ToArray(), w.Bias.Data.Select((v, i) => v * gamma.Data[i]).ToArray(), c.LayerNormEps);
 
     MultiThresholdNeuron Neuron(int block, Place place, int perTensorInner)
     {

@@ -1,3 +1,4 @@
+using Ecmt.Engine.Model;
 using Ecmt.Kernels;
 
 namespace Ecmt.Engine.Simulation;
@@ -81,6 +82,8 @@ public sealed class SpikingSession : IDisposable
     readonly int[] _steps;
     readonly float[] _embedHost, _accumulated, _logitsHost;
     readonly long[] _spikes, _sops, _stepSpikes, _stepSops;
+    // (depth): each block's relative position bias (1, H, N, N) on the backend, or null (blocks sharing one table share it)
+    readonly DeviceTensor?[] _relPosBias;
 
     sealed record BlockState(
         EcState Ln1, DeviceTensor FcQkvMembrane, SpikeTensor FcQkvSpikes,
@@ -166,6 +169,20 @@ public sealed class SpikingSession : IDisposable
         _sops = new long[b];
         _stepSpikes = new long[b];
         _stepSops = new long[b];
+        var uploaded = new Dictionary<float[], DeviceTensor>(ReferenceEqualityComparer.Instance);
+        _relPosBias = model.Blocks.Select(blk =>
+        {
+            if (blk.RelPosBias is not { } bias) return null;
+            if (!uploaded.TryGetValue(bias, out var tensor))
+            {
+                tensor = Tensor(1, h, n, n);
+                backend.Upload(bias, tensor);
+                uploaded[bias] = tensor;
+            }
+            return tensor;
+        }).ToArray();
+        if (c.PostNorm && model.Ablation.AnnValues.Any(m => m is EcModule.Ln1 or EcModule.Ln2))
+            throw new NotSupportedException("post-norm blocks: EC-LN1 and EC-LN2 do not feed a neuron place, so an ablation cannot replace them");
     }
 
     /// <summary>Slots: images the session can hold at once.</summary>
@@ -281,13 +298,21 @@ public sealed class SpikingSession : IDisposable
         {
             var w = _model.Blocks[l];
             var s = fr.Blocks[l];
-            // Attention: x += proj(MT(EC(A·V)))  with  A = MT(EC-softmax(EC(Q·Kᵀ))),  q, k, v = MT(qkv(MT(EC-LN1(x))))
-            be.LayerNormEc(fr.X, s.Ln1, w.Norm1, t, fr.H);
-            AnnValue(fr, l, EcModule.Ln1, fr.H);
-            be.Fire(fr.H, s.FcQkvMembrane, s.FcQkvSpikes, _counters, fanOut: w.Qkv.Out);
+            // Attention: x += proj(MT(EC(A·V)))  with  A = MT(EC-softmax(EC(Q·Kᵀ) + bias)),  q, k, v = MT(qkv(MT(EC-LN1(x))));
+            // post-norm: x += EC-LN1(proj(MT(EC(A·V)))) with q, k, v = MT(qkv(MT(x))). Layer scale is folded into proj / LN1.
+            var attnIn = fr.H;
+            if (c.PostNorm) attnIn = fr.X;
+            else
+            {
+                be.LayerNormEc(fr.X, s.Ln1, w.Norm1, t, fr.H);
+                AnnValue(fr, l, EcModule.Ln1, fr.H);
+            }
+            be.Fire(attnIn, s.FcQkvMembrane, s.FcQkvSpikes, _counters, fanOut: w.Qkv.Out);
             be.SpikeLinear(s.FcQkvSpikes, w.Qkv, fr.Qkv);
             be.Fire(fr.Qkv, s.QkvMembrane, s.QkvSpikes, _counters, fanOut: 0);
             be.AttentionScoresEc(s.QkvSpikes, s.QkvSums, s.ScoreProducts, c.NumHeads, scale, t, fr.Scores, _counters);
+            // The relative position bias does not depend on spikes: added to every step's increment, the scores sum to t·(scale·QKᵀ + bias).
+            if (_relPosBias[l] is { } relBias) be.AddBroadcast(fr.Scores, relBias);
             be.SoftmaxEc(fr.Scores, s.Softmax, t, fr.Probs);
             AnnValue(fr, l, EcModule.Softmax, fr.Probs);
             be.Fire(fr.Probs, s.SMembrane, s.SSpikes, _counters, fanOut: 0);
@@ -295,21 +320,28 @@ public sealed class SpikingSession : IDisposable
             AnnValue(fr, l, EcModule.AttentionValues, fr.Attn);
             be.Fire(fr.Attn, s.FcOutMembrane, s.FcOutSpikes, _counters, fanOut: w.Proj.Out);
             be.SpikeLinear(s.FcOutSpikes, w.Proj, fr.Residual);
-            be.Add(fr.X, fr.Residual);
-            // MLP: x += fc2(MT(EC-GELU(fc1(MT(EC-LN2(x))))))
-            be.LayerNormEc(fr.X, s.Ln2, w.Norm2, t, fr.H);
-            AnnValue(fr, l, EcModule.Ln2, fr.H);
-            be.Fire(fr.H, s.Fc1Membrane, s.Fc1Spikes, _counters, fanOut: w.Fc1.Out);
+            AddBranch(fr, s.Ln1, w.Norm1, t);
+            // MLP: x += fc2(MT(EC-GELU(fc1(MT(EC-LN2(x)))))); post-norm: x += EC-LN2(fc2(MT(EC-GELU(fc1(MT(x))))))
+            var mlpIn = fr.H;
+            if (c.PostNorm) mlpIn = fr.X;
+            else
+            {
+                be.LayerNormEc(fr.X, s.Ln2, w.Norm2, t, fr.H);
+                AnnValue(fr, l, EcModule.Ln2, fr.H);
+            }
+            be.Fire(mlpIn, s.Fc1Membrane, s.Fc1Spikes, _counters, fanOut: w.Fc1.Out);
             be.SpikeLinear(s.Fc1Spikes, w.Fc1, fr.Hidden);
             be.GeluEc(fr.Hidden, s.Gelu, t, fr.Gelu);
             AnnValue(fr, l, EcModule.Gelu, fr.Gelu);
             be.Fire(fr.Gelu, s.Fc2Membrane, s.Fc2Spikes, _counters, fanOut: w.Fc2.Out);
             be.SpikeLinear(s.Fc2Spikes, w.Fc2, fr.Residual);
-            be.Add(fr.X, fr.Residual);
+            AddBranch(fr, s.Ln2, w.Norm2, t);
         }
-        // The head reads EC-LN of the class token directly (no neuron); its increments are accumulated per slot on the
-        // host (the same float additions a device-side sum would make), so that slots move with their sums.
-        be.SelectToken(fr.X, 0, fr.Cls);
+        // The head reads EC-LN of the class token, or EC-fc_norm of the mean of the patch tokens (linear: the mean of the
+        // increments), directly (no neuron); its increments are accumulated per slot on the host (the same float
+        // additions a device-side sum would make), so that slots move with their sums.
+        if (c.Pooling == Pooling.Mean) be.MeanTokens(fr.X, 1, fr.Cls);
+        else be.SelectToken(fr.X, 0, fr.Cls);
         be.LayerNormEc(fr.Cls, fr.FinalNorm, _model.FinalNorm, t, fr.ClsNorm);
         be.Linear(fr.ClsNorm, _model.Head, fr.Logits);
 
@@ -325,6 +357,17 @@ public sealed class SpikingSession : IDisposable
             output.Sops[b] = _sops[b] += _stepSops[b];
         }
         return output;
+    }
+
+    /// <summary>x += the branch output in Residual; post-norm blocks pass it through their EC-LayerNorm first.</summary>
+    void AddBranch(Frame fr, EcState ln, LayerNormLayer norm, ImageSteps t)
+    {
+        if (_model.Config.PostNorm)
+        {
+            _backend.LayerNormEc(fr.Residual, ln, norm, t, fr.H);
+            _backend.Add(fr.X, fr.H);
+        }
+        else _backend.Add(fr.X, fr.Residual);
     }
 
     /// <summary>An ablation's hook: the EC module's output becomes the ANN's value there (every step adds it once).</summary>

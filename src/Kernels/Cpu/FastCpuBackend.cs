@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Ecmt.Kernels.Cpu;
 
@@ -15,8 +16,9 @@ public enum SpikeLinearPath
 }
 
 /// <summary>
-/// The fast CPU path: OpenBLAS sgemm for the dense products and fused AVX-512 loops (System.Runtime.Intrinsics,
-/// 16 floats a vector) for everything elementwise, split over the cores.
+/// The fast CPU path: OpenBLAS sgemm for the dense products and fused vector loops (System.Runtime.Intrinsics
+/// <see cref="Vector256{T}"/>, 8 floats a vector: hardware-accelerated on AVX2 and on AVX-512 CPUs) for everything
+/// elementwise, split over the cores.
 /// <para>
 /// What differs from <see cref="Reference.ReferenceBackend"/> (results agree up to float summation order):
 /// <list type="bullet">
@@ -49,8 +51,14 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     PinnedBuffer<float>? _scratch;
 
-    /// <summary>"fastcpu", flagged where the CPU lacks AVX-512 and .NET runs the 512-bit vectors as pairs of narrower ones (slower).</summary>
-    public string Name => Vector512.IsHardwareAccelerated ? "fastcpu" : "fastcpu (no AVX-512)";
+    /// <summary>
+    /// "fastcpu" and the instruction set its 256-bit vectors run on: "fastcpu (256-bit, AVX-512)", "(256-bit, AVX2)",
+    /// or "(256-bit, not accelerated)" where .NET emulates them (slower; e.g. a CPU without AVX2).
+    /// </summary>
+    public string Name => $"fastcpu (256-bit, {VectorIsa})";
+
+    static string VectorIsa =>
+        !Vector256.IsHardwareAccelerated ? "not accelerated" : Avx512F.IsSupported ? "AVX-512" : Avx2.IsSupported ? "AVX2" : "AVX";
 
     /// <summary>Spike density (non-zero codes over all codes of the input) at or below which <see cref="SpikeLinear"/> goes event-driven.</summary>
     public double EventDrivenMaxDensity { get; set; } = DefaultEventDrivenMaxDensity;
@@ -177,6 +185,37 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             new Span<float>(x + ((long)b * n + token) * d, d).CopyTo(new Span<float>(y + (long)b * d, d));
     }
 
+    public void AddBroadcast(DeviceTensor x, DeviceTensor y)
+    {
+        // x (B, …) += y (1, …): one image per work item
+        Tensor a = T(x), b = T(y);
+        long per = b.Length;
+        if (a.Length != x.Images * per) throw new ArgumentException($"cannot add {per} values to every image of {x.Images}×{a.Length / x.Images}");
+        Parallelism.For(Threads, x.Images, 1, (s, e) =>
+        {
+            for (long image = s; image < e; image++)
+            {
+                var target = new Span<float>(a.P + image * per, (int)per);
+                System.Numerics.Tensors.TensorPrimitives.Add(target, new ReadOnlySpan<float>(b.P, (int)per), target);
+            }
+        });
+    }
+
+    public void MeanTokens(DeviceTensor input, int first, DeviceTensor output)
+    {
+        // input (B, N, D) -> output (B, D): tokens first … N − 1 summed in token order, then divided
+        int n = input.Shape[1], d = input.Shape[2];
+        float* x = T(input).P, y = T(output).P;
+        for (int b = 0; b < input.Images; b++)
+        {
+            var mean = new Span<float>(y + (long)b * d, d);
+            mean.Clear();
+            for (int t = first; t < n; t++)
+                System.Numerics.Tensors.TensorPrimitives.Add(mean, new ReadOnlySpan<float>(x + ((long)b * n + t) * d, d), mean);
+            System.Numerics.Tensors.TensorPrimitives.Divide(mean, n - first, mean);
+        }
+    }
+
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
     {
         // input, membrane, spikes (B, …): one range of each image per work item, so the counts stay per image
@@ -221,7 +260,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     /// <summary>
     /// y[r, :] = bias + Σ over non-zero spikes i of row r: value(i) · Wᵀ[i, :]. Outputs are kept in registers
-    /// 64 at a time while the weight rows of the row's spikes stream past, so each weight is loaded once per row.
+    /// 32 at a time while the weight rows of the row's spikes stream past, so each weight is loaded once per row.
     /// </summary>
     void EventDrivenLinear(Spikes s, LinearLayer layer, Tensor y)
     {
@@ -270,28 +309,28 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     static void AccumulateRows(float* y, float* bias, float* wt, int outFeatures, int* index, float* value, int count)
     {
         int o = 0;
-        for (; o + 64 <= outFeatures; o += 64)
+        for (; o + 32 <= outFeatures; o += 32)
         {
-            Vector512<float> a0 = Vector512.Load(bias + o), a1 = Vector512.Load(bias + o + 16), a2 = Vector512.Load(bias + o + 32), a3 = Vector512.Load(bias + o + 48);
+            Vector256<float> a0 = Vector256.Load(bias + o), a1 = Vector256.Load(bias + o + 8), a2 = Vector256.Load(bias + o + 16), a3 = Vector256.Load(bias + o + 24);
             for (int m = 0; m < count; m++)
             {
                 float* w = wt + (long)index[m] * outFeatures + o;
-                var scale = Vector512.Create(value[m]);
-                a0 = Vector512.FusedMultiplyAdd(scale, Vector512.Load(w), a0);
-                a1 = Vector512.FusedMultiplyAdd(scale, Vector512.Load(w + 16), a1);
-                a2 = Vector512.FusedMultiplyAdd(scale, Vector512.Load(w + 32), a2);
-                a3 = Vector512.FusedMultiplyAdd(scale, Vector512.Load(w + 48), a3);
+                var scale = Vector256.Create(value[m]);
+                a0 = Vector256.FusedMultiplyAdd(scale, Vector256.Load(w), a0);
+                a1 = Vector256.FusedMultiplyAdd(scale, Vector256.Load(w + 8), a1);
+                a2 = Vector256.FusedMultiplyAdd(scale, Vector256.Load(w + 16), a2);
+                a3 = Vector256.FusedMultiplyAdd(scale, Vector256.Load(w + 24), a3);
             }
             a0.Store(y + o);
-            a1.Store(y + o + 16);
-            a2.Store(y + o + 32);
-            a3.Store(y + o + 48);
+            a1.Store(y + o + 8);
+            a2.Store(y + o + 16);
+            a3.Store(y + o + 24);
         }
-        for (; o + 16 <= outFeatures; o += 16)
+        for (; o + 8 <= outFeatures; o += 8)
         {
-            var a = Vector512.Load(bias + o);
+            var a = Vector256.Load(bias + o);
             for (int m = 0; m < count; m++)
-                a = Vector512.FusedMultiplyAdd(Vector512.Create(value[m]), Vector512.Load(wt + (long)index[m] * outFeatures + o), a);
+                a = Vector256.FusedMultiplyAdd(Vector256.Create(value[m]), Vector256.Load(wt + (long)index[m] * outFeatures + o), a);
             a.Store(y + o);
         }
         for (; o < outFeatures; o++)
@@ -339,7 +378,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             long e = image * perImage + a;
             EcKernels.Gelu(x + e, sum + e, cumulative + e, o + e, b - a, ts[image]);
             return 0;
-        }, align: 16);
+        }, align: EcKernels.W);
     }
 
     public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
@@ -511,13 +550,13 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     static void AdvanceAndCount(float* sums, float* values, int count, int* now, int* before)
     {
         int i = 0;
-        for (; i + 16 <= count; i += 16)
+        for (; i + 8 <= count; i += 8)
         {
-            var v = Vector512.Load(values + i);
-            var s = Vector512.Load(sums + i);
+            var v = Vector256.Load(values + i);
+            var s = Vector256.Load(sums + i);
             // Equals gives −1 (all ones) where zero: counting non-zeros is adding 1 + that.
-            (Vector512.Load(now + i) + Vector512<int>.One + Vector512.Equals(v, Vector512<float>.Zero).AsInt32()).Store(now + i);
-            (Vector512.Load(before + i) + Vector512<int>.One + Vector512.Equals(s, Vector512<float>.Zero).AsInt32()).Store(before + i);
+            (Vector256.Load(now + i) + Vector256<int>.One + Vector256.Equals(v, Vector256<float>.Zero).AsInt32()).Store(now + i);
+            (Vector256.Load(before + i) + Vector256<int>.One + Vector256.Equals(s, Vector256<float>.Zero).AsInt32()).Store(before + i);
             (s + v).Store(sums + i);
         }
         for (; i < count; i++)
@@ -533,12 +572,12 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     static (int Now, int Before) AdvanceAndCountAll(float* sums, float* values, int count)
     {
         int now = 0, before = 0, i = 0;
-        for (; i + 16 <= count; i += 16)
+        for (; i + 8 <= count; i += 8)
         {
-            var v = Vector512.Load(values + i);
-            var s = Vector512.Load(sums + i);
-            now += 16 - BitOperations.PopCount(Vector512.Equals(v, Vector512<float>.Zero).ExtractMostSignificantBits());
-            before += 16 - BitOperations.PopCount(Vector512.Equals(s, Vector512<float>.Zero).ExtractMostSignificantBits());
+            var v = Vector256.Load(values + i);
+            var s = Vector256.Load(sums + i);
+            now += 8 - BitOperations.PopCount(Vector256.Equals(v, Vector256<float>.Zero).ExtractMostSignificantBits());
+            before += 8 - BitOperations.PopCount(Vector256.Equals(s, Vector256<float>.Zero).ExtractMostSignificantBits());
             (s + v).Store(sums + i);
         }
         for (; i < count; i++)
@@ -560,10 +599,10 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         long i = 0;
         if (t == 1)
         {
-            var sv = Vector512.Create(scale);
-            for (; i + 16 <= count; i += 16)
+            var sv = Vector256.Create(scale);
+            for (; i + 8 <= count; i += 8)
             {
-                var now = Vector512.Load(o + i);
+                var now = Vector256.Load(o + i);
                 now.Store(state + i);
                 (sv * now).Store(o + i);
             }
@@ -575,11 +614,11 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
             return;
         }
         float tf = t, previous = t - 1;
-        Vector512<float> tv = Vector512.Create(tf), pv = Vector512.Create(previous), scaleV = Vector512.Create(scale);
-        for (; i + 16 <= count; i += 16)
+        Vector256<float> tv = Vector256.Create(tf), pv = Vector256.Create(previous), scaleV = Vector256.Create(scale);
+        for (; i + 8 <= count; i += 8)
         {
-            var now = Vector512.Load(o + i);
-            (scaleV * (now / tv - Vector512.Load(state + i) / pv)).Store(o + i);
+            var now = Vector256.Load(o + i);
+            (scaleV * (now / tv - Vector256.Load(state + i) / pv)).Store(o + i);
             now.Store(state + i);
         }
         for (; i < count; i++)

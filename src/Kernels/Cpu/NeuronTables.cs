@@ -6,15 +6,15 @@ using System.Runtime.Intrinsics.X86;
 namespace Ecmt.Kernels.Cpu;
 
 /// <summary>
-/// The thresholds of one <see cref="MultiThresholdNeuron"/> laid out for 16-lane vectors, so that the vector rule
+/// The thresholds of one <see cref="MultiThresholdNeuron"/> laid out for 8-lane vectors (<see cref="Vector256{T}"/>), so that the vector rule
 /// compares against exactly the floats the scalar rule computes (<see cref="MultiThresholdNeuron.Threshold"/>).
 /// <para>
 /// Rows of the table (each <see cref="Stride"/> floats): 0 … n−1 the positive thresholds λp·2^k − λp/2,
 /// n … 2n−1 the negated negative thresholds −(λn·2^k − λn/2), 2n the value scale λp, 2n+1 the value scale −λn.
-/// Two layouts: <see cref="Layout.Runs"/> keeps one block of rows per group, each entry repeated over 64 lanes (the
+/// Two layouts: <see cref="Layout.Runs"/> keeps one block of rows per group, each entry repeated over <see cref="Block"/> (32) lanes (the
 /// group is constant over runs of <see cref="MultiThresholdNeuron.Inner"/> elements); <see cref="Layout.Periodic"/>
-/// keeps one entry per element of the period G·Inner (per-channel thresholds), 64 lanes longer so that a block of
-/// 64 elements starting anywhere in the period reads contiguous lanes.
+/// keeps one entry per element of the period G·Inner (per-channel thresholds), 32 lanes longer so that a block of
+/// 32 elements starting anywhere in the period reads contiguous lanes.
 /// </para>
 /// </summary>
 sealed unsafe class NeuronTables
@@ -26,11 +26,14 @@ sealed unsafe class NeuronTables
         Scalar,
     }
 
-    /// <summary>Elements handled per vector block: four 16-lane vectors, narrowed to one 64-byte store of codes.</summary>
-    public const int Block = 64;
-    /// <summary>Levels up to which a group's thresholds (and the +∞ past the last) fit one 16-lane register.</summary>
+    /// <summary>Elements handled per vector block: four 8-lane vectors, narrowed to one 32-byte store of codes.</summary>
+    public const int Block = 32;
+    /// <summary>Levels up to which a group's thresholds (and the +∞ past the last) fit two 8-lane registers.</summary>
     const int MaxSearchLevels = 15;
-    const int SearchVectors = 10;
+    /// <summary>Floats of one side of a group's search table: up (16), down (16), 1/λ (8), T(0) (8).</summary>
+    const int SearchSide = 48;
+    /// <summary>Floats of a group's search table: the two sides, then λp (8) and −λn (8).</summary>
+    const int SearchFloats = 2 * SearchSide + 16;
     const int MinRunLength = 64;
     const int MaxPeriod = 1 << 16;
 
@@ -75,32 +78,36 @@ sealed unsafe class NeuronTables
                 row[(2 * n + 1) * Stride] = -ln;
             }
         }
-        if (Mode == Layout.Runs && n <= MaxSearchLevels && Avx512F.IsSupported)
+        if (Mode == Layout.Runs && n <= MaxSearchLevels && Avx2.IsSupported)
         {
-            _searchTable = GC.AllocateArray<float>(groups * SearchVectors * 16 + 16, pinned: true);
+            _searchTable = GC.AllocateArray<float>(groups * SearchFloats + 16, pinned: true);
             _search = Aligned(_searchTable);
             for (int g = 0; g < groups; g++)
             {
-                float* t = _search + g * SearchVectors * 16;
+                float* t = _search + g * SearchFloats;
                 float lp = neuron.LambdaPos[g], ln = neuron.LambdaNeg[g];
-                // Per side (positive at 0, negative at 64 floats), four vectors: up[c] = T(c) (+∞ from c = n),
-                // down[c] = T(c − 1) (−∞ at c = 0), 1/λ, T(0). Then λp and −λn, the values' scales.
+                // Per side (positive at 0, negative at SearchSide floats): up[c] = T(c) (+∞ from c = n) and
+                // down[c] = T(c − 1) (−∞ at c = 0), 16 entries each; 1/λ and T(0), one vector each. Then λp and −λn,
+                // the values' scales.
                 for (int side = 0; side < 2; side++)
                 {
                     float lambda = side == 0 ? lp : ln;
-                    float* block = t + side * 64;
+                    float* block = t + side * SearchSide;
                     for (int c = 0; c < 16; c++)
                     {
                         block[c] = c < n ? MultiThresholdNeuron.Threshold(lambda, c, neuron.Rounding) : float.PositiveInfinity;
                         block[16 + c] = c >= 1 && c <= n ? MultiThresholdNeuron.Threshold(lambda, c - 1, neuron.Rounding) : float.NegativeInfinity;
+                    }
+                    for (int c = 0; c < 8; c++)
+                    {
                         block[32 + c] = 1f / lambda;
-                        block[48 + c] = MultiThresholdNeuron.Threshold(lambda, 0, neuron.Rounding);
+                        block[40 + c] = MultiThresholdNeuron.Threshold(lambda, 0, neuron.Rounding);
                     }
                 }
-                for (int c = 0; c < 16; c++)
+                for (int c = 0; c < 8; c++)
                 {
-                    t[128 + c] = lp;
-                    t[144 + c] = -ln;
+                    t[2 * SearchSide + c] = lp;
+                    t[2 * SearchSide + 8 + c] = -ln;
                 }
             }
         }
@@ -141,7 +148,7 @@ sealed unsafe class NeuronTables
                     float* rows = Rows(g);
                     if (_search is not null)
                     {
-                        float* search = _search + g * SearchVectors * 16;
+                        float* search = _search + g * SearchFloats;
                         for (; i + Block <= runEnd; i += Block) fired += FireBlockBySearch(x + i, v + i, codes + i, search, n);
                     }
                     for (; i + Block <= runEnd; i += Block) fired += FireBlock(x + i, v + i, codes + i, rows, Stride, n);
@@ -171,100 +178,110 @@ sealed unsafe class NeuronTables
         return codes[i] != 0 ? 1 : 0;
     }
 
-    /// <summary>64 neurons: rows point at lane 0 of the thresholds for these elements, rows apart by stride floats.</summary>
+    /// <summary><see cref="Block"/> neurons: rows point at lane 0 of the thresholds for these elements, rows apart by stride floats.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int FireBlock(float* x, float* v, sbyte* codes, float* rows, int stride, int levels)
     {
         var c0 = FireVector(x, v, rows, stride, levels);
-        var c1 = FireVector(x + 16, v + 16, rows + 16, stride, levels);
-        var c2 = FireVector(x + 32, v + 32, rows + 32, stride, levels);
-        var c3 = FireVector(x + 48, v + 48, rows + 48, stride, levels);
-        var packed = Vector512.Narrow(Vector512.Narrow(c0, c1), Vector512.Narrow(c2, c3));
+        var c1 = FireVector(x + 8, v + 8, rows + 8, stride, levels);
+        var c2 = FireVector(x + 16, v + 16, rows + 16, stride, levels);
+        var c3 = FireVector(x + 24, v + 24, rows + 24, stride, levels);
+        var packed = Vector256.Narrow(Vector256.Narrow(c0, c1), Vector256.Narrow(c2, c3));
         packed.Store(codes);
-        return Block - BitOperations.PopCount(Vector512.Equals(packed, Vector512<sbyte>.Zero).ExtractMostSignificantBits());
+        return Block - BitOperations.PopCount(Vector256.Equals(packed, Vector256<sbyte>.Zero).ExtractMostSignificantBits());
     }
 
     /// <summary>
-    /// The MT rule on 16 lanes. The thresholds rise with the level, so "the largest k whose threshold V reaches" is the
+    /// The MT rule on 8 lanes. The thresholds rise with the level, so "the largest k whose threshold V reaches" is the
     /// number of thresholds V reaches: counting compares replaces the scalar search and gives the same level.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> FireVector(float* x, float* v, float* rows, int stride, int levels)
+    static Vector256<int> FireVector(float* x, float* v, float* rows, int stride, int levels)
     {
-        var membrane = Vector512.Load(v) + Vector512.Load(x);
-        Vector512<int> up = Vector512<int>.Zero, down = Vector512<int>.Zero;
+        var membrane = Vector256.Load(v) + Vector256.Load(x);
+        Vector256<int> up = Vector256<int>.Zero, down = Vector256<int>.Zero;
         for (int k = 0; k < levels; k++)
         {
             // A true compare is all ones, i.e. −1.
-            up -= Vector512.GreaterThanOrEqual(membrane, Vector512.Load(rows + k * stride)).AsInt32();
-            down -= Vector512.LessThanOrEqual(membrane, Vector512.Load(rows + (levels + k) * stride)).AsInt32();
+            up -= Vector256.GreaterThanOrEqual(membrane, Vector256.Load(rows + k * stride)).AsInt32();
+            down -= Vector256.LessThanOrEqual(membrane, Vector256.Load(rows + (levels + k) * stride)).AsInt32();
         }
-        var positive = Vector512.GreaterThan(up, Vector512<int>.Zero);
-        var level = Vector512.ConditionalSelect(positive, up, down);
-        var scale = Vector512.ConditionalSelect(positive.AsSingle(), Vector512.Load(rows + 2 * levels * stride), Vector512.Load(rows + (2 * levels + 1) * stride));
+        var positive = Vector256.GreaterThan(up, Vector256<int>.Zero);
+        var level = Vector256.ConditionalSelect(positive, up, down);
+        var scale = Vector256.ConditionalSelect(positive.AsSingle(), Vector256.Load(rows + 2 * levels * stride), Vector256.Load(rows + (2 * levels + 1) * stride));
         membrane -= Value(level, scale);
         membrane.Store(v);
-        return Vector512.ConditionalSelect(positive, up, -down);
+        return Vector256.ConditionalSelect(positive, up, -down);
     }
 
-    /// <summary>64 neurons of one group by <see cref="FireVectorBySearch"/>.</summary>
+    /// <summary><see cref="Block"/> neurons of one group by <see cref="FireVectorBySearch"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int FireBlockBySearch(float* x, float* v, sbyte* codes, float* search, int levels)
     {
         var c0 = FireVectorBySearch(x, v, search, levels);
-        var c1 = FireVectorBySearch(x + 16, v + 16, search, levels);
-        var c2 = FireVectorBySearch(x + 32, v + 32, search, levels);
-        var c3 = FireVectorBySearch(x + 48, v + 48, search, levels);
-        var packed = Vector512.Narrow(Vector512.Narrow(c0, c1), Vector512.Narrow(c2, c3));
+        var c1 = FireVectorBySearch(x + 8, v + 8, search, levels);
+        var c2 = FireVectorBySearch(x + 16, v + 16, search, levels);
+        var c3 = FireVectorBySearch(x + 24, v + 24, search, levels);
+        var packed = Vector256.Narrow(Vector256.Narrow(c0, c1), Vector256.Narrow(c2, c3));
         packed.Store(codes);
-        return Block - BitOperations.PopCount(Vector512.Equals(packed, Vector512<sbyte>.Zero).ExtractMostSignificantBits());
+        return Block - BitOperations.PopCount(Vector256.Equals(packed, Vector256<sbyte>.Zero).ExtractMostSignificantBits());
     }
 
     /// <summary>
-    /// The MT rule on 16 lanes of one group, without a compare per level: the count of thresholds λ(2^k − 1/2) a
+    /// The MT rule on 8 lanes of one group, without a compare per level: the count of thresholds λ(2^k − 1/2) a
     /// membrane V reaches is ⌊log2(V/λ + 1/2)⌋ + 1, read from the exponent bits of V/λ + 1/2. Float rounding can put
     /// that estimate one off when V sits within a few ulps of a threshold, so it is then checked against the exact
-    /// threshold floats below and above it (looked up in registers): the result is the count the scalar rule gives.
+    /// threshold floats below and above it (looked up in registers by <see cref="Avx2.PermuteVar8x32"/>): the result is the count the scalar rule gives.
     /// Lanes that do not reach the first threshold (including NaN) get 0.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> FireVectorBySearch(float* x, float* v, float* search, int levels)
+    static Vector256<int> FireVectorBySearch(float* x, float* v, float* search, int levels)
     {
-        var membrane = Vector512.Load(v) + Vector512.Load(x);
-        var n = Vector512.Create(levels);
+        var membrane = Vector256.Load(v) + Vector256.Load(x);
+        var n = Vector256.Create(levels);
         var up = Count(membrane, search, n);
-        var down = Count(-membrane, search + 64, n);
-        var positive = Vector512.GreaterThan(up, Vector512<int>.Zero);
-        var level = Vector512.ConditionalSelect(positive, up, down);
-        var scale = Vector512.ConditionalSelect(positive.AsSingle(), Vector512.Load(search + 128), Vector512.Load(search + 144));
+        var down = Count(-membrane, search + SearchSide, n);
+        var positive = Vector256.GreaterThan(up, Vector256<int>.Zero);
+        var level = Vector256.ConditionalSelect(positive, up, down);
+        var scale = Vector256.ConditionalSelect(positive.AsSingle(), Vector256.Load(search + 2 * SearchSide), Vector256.Load(search + 2 * SearchSide + 8));
         membrane -= Value(level, scale);
         membrane.Store(v);
-        return Vector512.ConditionalSelect(positive, up, -down);
+        return Vector256.ConditionalSelect(positive, up, -down);
     }
 
     /// <summary>
-    /// How many of the thresholds T(0) … T(n−1) w reaches; side points at the up table (T(c), +∞ from n), then the
-    /// down table (T(c−1), −∞ at 0), 1/λ and T(0), 16 floats each.
+    /// How many of the thresholds T(0) … T(n−1) w reaches; side points at the up table (T(c), +∞ from n) and the
+    /// down table (T(c−1), −∞ at 0), 16 floats each, then 1/λ and T(0), 8 floats each.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> Count(Vector512<float> w, float* side, Vector512<int> n)
+    static Vector256<int> Count(Vector256<float> w, float* side, Vector256<int> n)
     {
-        var u = w * Vector512.Load(side + 32) + Vector512.Create(0.5f);
-        var exponent = (Vector512.ShiftRightLogical(u.AsInt32(), 23) & Vector512.Create(0xFF)) - Vector512.Create(127);
-        var count = Vector512.Min(Vector512.Max(exponent + Vector512<int>.One, Vector512<int>.Zero), n);
-        count += Vector512.LessThan(w, Avx512F.PermuteVar16x32(Vector512.Load(side + 16), count)).AsInt32();
-        count -= Vector512.GreaterThanOrEqual(w, Avx512F.PermuteVar16x32(Vector512.Load(side), count)).AsInt32();
-        var reached = Vector512.GreaterThanOrEqual(w, Vector512.Load(side + 48)).AsInt32();
-        return Vector512.Min(count, n) & reached;
+        var u = w * Vector256.Load(side + 32) + Vector256.Create(0.5f);
+        var exponent = (Vector256.ShiftRightLogical(u.AsInt32(), 23) & Vector256.Create(0xFF)) - Vector256.Create(127);
+        var count = Vector256.Min(Vector256.Max(exponent + Vector256<int>.One, Vector256<int>.Zero), n);
+        count += Vector256.LessThan(w, Lookup(side + 16, count)).AsInt32();
+        count -= Vector256.GreaterThanOrEqual(w, Lookup(side, count)).AsInt32();
+        var reached = Vector256.GreaterThanOrEqual(w, Vector256.Load(side + 40)).AsInt32();
+        return Vector256.Min(count, n) & reached;
+    }
+
+    /// <summary>table[index] per lane, for a table of 16 floats and indices 0 … 15.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Lookup(float* table, Vector256<int> index)
+    {
+        // PermuteVar8x32 reads the low 3 bits of each index: entries 0 … 7 from the first vector, 8 … 15 from the second.
+        var low = Avx2.PermuteVar8x32(Vector256.Load(table), index);
+        var high = Avx2.PermuteVar8x32(Vector256.Load(table + 8), index);
+        return Vector256.ConditionalSelect(Vector256.GreaterThan(index, Vector256.Create(7)).AsSingle(), high, low);
     }
 
     /// <summary>±λ·2^(level−1) as the scalar rule computes it (λ times an exact power of two); 0 where level is 0.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Value(Vector512<int> level, Vector512<float> signedLambda)
+    static Vector256<float> Value(Vector256<int> level, Vector256<float> signedLambda)
     {
-        var pow2 = Vector512.ShiftLeft(level + Vector512.Create(126), 23).AsSingle();
-        var silent = Vector512.Equals(level, Vector512<int>.Zero).AsSingle();
-        return Vector512.AndNot(signedLambda * pow2, silent);
+        var pow2 = Vector256.ShiftLeft(level + Vector256.Create(126), 23).AsSingle();
+        var silent = Vector256.Equals(level, Vector256<int>.Zero).AsSingle();
+        return Vector256.AndNot(signedLambda * pow2, silent);
     }
 
     /// <summary>
@@ -285,7 +302,7 @@ sealed unsafe class NeuronTables
                     long runEnd = Neuron.Groups == 1 ? count : Math.Min(count, i + Neuron.Inner - (start + i) % Neuron.Inner);
                     float* rows = Rows(g);
                     for (; i + Block <= runEnd; i += Block) nonZero += DecodeBlock(codes + i, values + i, rows, Stride, n);
-                    for (; i + 16 <= runEnd; i += 16) nonZero += Decode16(codes + i, values + i, rows, Stride, n);
+                    for (; i + 8 <= runEnd; i += 8) nonZero += Decode8(codes + i, values + i, rows, Stride, n);
                     for (; i < runEnd; i++) nonZero += DecodeOne(codes, values, i, g);
                 }
                 break;
@@ -296,10 +313,10 @@ sealed unsafe class NeuronTables
                     nonZero += DecodeBlock(codes + i, values + i, Rows(0) + offset, Stride, n);
                     offset = (offset + Block) % period;
                 }
-                for (; i + 16 <= count; i += 16)
+                for (; i + 8 <= count; i += 8)
                 {
-                    nonZero += Decode16(codes + i, values + i, Rows(0) + offset, Stride, n);
-                    offset = (offset + 16) % period;
+                    nonZero += Decode8(codes + i, values + i, Rows(0) + offset, Stride, n);
+                    offset = (offset + 8) % period;
                 }
                 for (; i < count; i++) nonZero += DecodeOne(codes, values, i, Neuron.GroupOf(start + i));
                 break;
@@ -319,34 +336,35 @@ sealed unsafe class NeuronTables
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static int DecodeBlock(sbyte* codes, float* values, float* rows, int stride, int levels)
     {
-        var packed = Vector512.Load(codes);
-        var (low, high) = Vector512.Widen(packed);
-        var (c0, c1) = Vector512.Widen(low);
-        var (c2, c3) = Vector512.Widen(high);
+        var packed = Vector256.Load(codes);
+        var (low, high) = Vector256.Widen(packed);
+        var (c0, c1) = Vector256.Widen(low);
+        var (c2, c3) = Vector256.Widen(high);
         float* pos = rows + 2 * levels * stride, neg = rows + (2 * levels + 1) * stride;
         DecodeVector(c0, pos, neg).Store(values);
-        DecodeVector(c1, pos + 16, neg + 16).Store(values + 16);
-        DecodeVector(c2, pos + 32, neg + 32).Store(values + 32);
-        DecodeVector(c3, pos + 48, neg + 48).Store(values + 48);
-        return Block - BitOperations.PopCount(Vector512.Equals(packed, Vector512<sbyte>.Zero).ExtractMostSignificantBits());
+        DecodeVector(c1, pos + 8, neg + 8).Store(values + 8);
+        DecodeVector(c2, pos + 16, neg + 16).Store(values + 16);
+        DecodeVector(c3, pos + 24, neg + 24).Store(values + 24);
+        return Block - BitOperations.PopCount(Vector256.Equals(packed, Vector256<sbyte>.Zero).ExtractMostSignificantBits());
     }
 
-    /// <summary>16 codes: the tail of a run shorter than a block.</summary>
+    /// <summary>8 codes: the tail of a run shorter than a block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static int Decode16(sbyte* codes, float* values, float* rows, int stride, int levels)
+    static int Decode8(sbyte* codes, float* values, float* rows, int stride, int levels)
     {
-        var packed = Vector128.Load(codes);
-        var shorts = Vector256.Create(Vector128.WidenLower(packed), Vector128.WidenUpper(packed));
-        var code = Vector512.Create(Vector256.WidenLower(shorts), Vector256.WidenUpper(shorts));
+        // The 8 codes in the low half of a 16-byte vector (the high half zero), widened to 8 ints.
+        var packed = Vector128.CreateScalar(*(long*)codes).AsSByte();
+        var shorts = Vector128.WidenLower(packed);
+        var code = Vector256.Create(Vector128.WidenLower(shorts), Vector128.WidenUpper(shorts));
         DecodeVector(code, rows + 2 * levels * stride, rows + (2 * levels + 1) * stride).Store(values);
-        return 16 - BitOperations.PopCount(Vector128.Equals(packed, Vector128<sbyte>.Zero).ExtractMostSignificantBits());
+        return 8 - BitOperations.PopCount(Vector128.Equals(packed, Vector128<sbyte>.Zero).ExtractMostSignificantBits() & 0xFF);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> DecodeVector(Vector512<int> code, float* lambdaPos, float* negLambdaNeg)
+    static Vector256<float> DecodeVector(Vector256<int> code, float* lambdaPos, float* negLambdaNeg)
     {
-        var positive = Vector512.GreaterThan(code, Vector512<int>.Zero).AsSingle();
-        return Value(Vector512.Abs(code), Vector512.ConditionalSelect(positive, Vector512.Load(lambdaPos), Vector512.Load(negLambdaNeg)));
+        var positive = Vector256.GreaterThan(code, Vector256<int>.Zero).AsSingle();
+        return Value(Vector256.Abs(code), Vector256.ConditionalSelect(positive, Vector256.Load(lambdaPos), Vector256.Load(negLambdaNeg)));
     }
 
     /// <summary>Non-zero codes among count bytes.</summary>
@@ -355,7 +373,7 @@ sealed unsafe class NeuronTables
     {
         long nonZero = 0, i = 0;
         for (; i + Block <= count; i += Block)
-            nonZero += Block - BitOperations.PopCount(Vector512.Equals(Vector512.Load(codes + i), Vector512<sbyte>.Zero).ExtractMostSignificantBits());
+            nonZero += Block - BitOperations.PopCount(Vector256.Equals(Vector256.Load(codes + i), Vector256<sbyte>.Zero).ExtractMostSignificantBits());
         for (; i < count; i++) if (codes[i] != 0) nonZero++;
         return nonZero;
     }

@@ -342,6 +342,26 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Kernels.SelectToken(_stream, _device.Elements(o.Length), i.View, o.View, images, tokens, width, token);
     }
 
+    public void AddBroadcast(DeviceTensor x, DeviceTensor y)
+    {
+        Bind();
+        Tensor a = Own(x), b = Own(y);
+        // x (B, …) += y (1, …)
+        SameLength(a.Length, x.Images * b.Length, "broadcast add");
+        _device.Kernels.AddBroadcast(_stream, _device.Elements(a.Length), a.View, b.View, (int)a.Length, (int)b.Length);
+    }
+
+    public void MeanTokens(DeviceTensor input, int first, DeviceTensor output)
+    {
+        Bind();
+        Tensor i = Own(input), o = Own(output);
+        // input (B, N, D) → output (B, D)
+        int images = input.Shape[0], tokens = input.Shape[1], width = input.Shape[2];
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)first, (uint)tokens, nameof(first));
+        SameLength((long)images * width, o.Length, "mean of tokens");
+        _device.Kernels.MeanTokens(_stream, _device.Elements(o.Length), i.View, o.View, images, tokens, width, first);
+    }
+
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
     {
         Bind();

@@ -14,6 +14,8 @@ sealed class KernelSet
     {
         Add = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(StepKernels.Add);
         SelectToken = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int>(StepKernels.SelectToken);
+        AddBroadcast = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int>(StepKernels.AddBroadcast);
+        MeanTokens = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int>(StepKernels.MeanTokens);
         Fire = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, SpikeOutput, ArrayView<long>, int, int, int>(StepKernels.Fire);
         GeluEc = accelerator.LoadKernel<EcViews, ArrayView<int>, int, int>(StepKernels.GeluEc);
         LayerNormEc = accelerator.LoadKernel<EcViews, ArrayView<float>, ArrayView<float>, float, int, int, ArrayView<int>, int>(StepKernels.LayerNormEc);
@@ -34,6 +36,8 @@ sealed class KernelSet
     // Launchers: (stream, launch shape, kernel parameters…).
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int> Add { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int> SelectToken { get; }
+    public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int> AddBroadcast { get; }
+    public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int> MeanTokens { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, SpikeOutput, ArrayView<long>, int, int, int> Fire { get; }
     public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<int>, int, int> GeluEc { get; }
     public Action<AcceleratorStream, KernelConfig, EcViews, ArrayView<float>, ArrayView<float>, float, int, int, ArrayView<int>, int> LayerNormEc { get; }
@@ -55,6 +59,8 @@ sealed class KernelSet
     [
         Method(typeof(StepKernels), nameof(StepKernels.Add)),
         Method(typeof(StepKernels), nameof(StepKernels.SelectToken)),
+        Method(typeof(StepKernels), nameof(StepKernels.AddBroadcast)),
+        Method(typeof(StepKernels), nameof(StepKernels.MeanTokens)),
         Method(typeof(StepKernels), nameof(StepKernels.Fire)),
         Method(typeof(StepKernels), nameof(StepKernels.GeluEc)),
         Method(typeof(StepKernels), nameof(StepKernels.LayerNormEc)),

@@ -77,6 +77,24 @@ static class StepKernels
         }
     }
 
+    /// <summary>x (n) += y (perImage) repeated for every image; one thread per element of x.</summary>
+    public static void AddBroadcast(ArrayView<float> x, ArrayView<float> y, int n, int perImage)
+    {
+        for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX) x[i] += y[i % perImage];
+    }
+
+    /// <summary>output (B, D) = mean of input (B, N, D) over tokens first … N − 1, summed in token order; one thread per output element.</summary>
+    public static void MeanTokens(ArrayView<float> input, ArrayView<float> output, int images, int tokens, int width, int first)
+    {
+        for (int i = Grid.GlobalIndex.X; i < images * width; i += Grid.DimX * Group.DimX)
+        {
+            int b = i / width, c = i % width;
+            float sum = 0;
+            for (int t = first; t < tokens; t++) sum += input[(b * tokens + t) * width + c];
+            output[i] = sum / (tokens - first);
+        }
+    }
+
     /// <summary>
     /// MT neurons integrate, fire and reset, fused: membrane (B, P) += input (B, P); codes (B, P) = fire(membrane);
     /// membrane −= value(codes). P is the number of neurons per image.

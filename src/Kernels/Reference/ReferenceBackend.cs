@@ -127,6 +127,31 @@ public sealed class ReferenceBackend : ISpikingBackend
             Array.Copy(Data(input), ((long)b * n + token) * d, Data(output), (long)b * d, d);
     }
 
+    public void AddBroadcast(DeviceTensor x, DeviceTensor y)
+    {
+        // x (B, …) += y (1, …)
+        float[] a = Data(x), b = Data(y);
+        long per = y.Length;
+        if (x.Length != x.Images * per) throw new ArgumentException($"cannot add {per} values to every image of {x.Images}×{x.Length / x.Images}");
+        for (long i = 0; i < x.Length; i++) a[i] += b[i % per];
+    }
+
+    public void MeanTokens(DeviceTensor input, int first, DeviceTensor output)
+    {
+        // input (B, N, D) -> output (B, D): the mean of tokens first … N − 1, summed in token order
+        int n = input.Shape[1], d = input.Shape[2];
+        float[] x = Data(input), y = Data(output);
+        for (int b = 0; b < input.Images; b++)
+        {
+            for (int c = 0; c < d; c++)
+            {
+                float sum = 0;
+                for (int t = first; t < n; t++) sum += x[((long)b * n + t) * d + c];
+                y[(long)b * d + c] = sum / (n - first);
+            }
+        }
+    }
+
     public void Fire(DeviceTensor input, DeviceTensor membrane, SpikeTensor spikes, StepCounters counters, int fanOut)
     {
         float[] x = Data(input), v = Data(membrane);
