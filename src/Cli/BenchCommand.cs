@@ -56,7 +56,7 @@ static class BenchCommand
             bool profiling = parse.GetValue(profile);
             int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
             ArgumentOutOfRangeException.ThrowIfLessThan(threadCount, 1, "--threads");
-            Kernels.Cpu.OpenBlas.Threads = threadCount;
+            CheckBackendCommand.SetOpenBlasThreads(threadCount);
             ISpikingBackend chosen = Backends.Create(kind);
             if (chosen is Kernels.Cpu.FastCpuBackend fast) fast.Threads = threadCount;
             var profiler = profiling ? new ProfilingBackend(chosen) : null;
@@ -66,24 +66,11 @@ static class BenchCommand
             // Host memory the session took (state, scratch tensors, spike codes) on CPU backends, whose buffers are managed arrays.
             long sessionBytes = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
 
-            TorchRuntime.EnsureLoaded(threadCount);
-            using var ann = new TorchVit(config);
-            ann.LoadWeights(converted.Weights);
-            ann.eval();
-            // TorchVit's constructor calls EnsureLoaded() again, which resets libtorch to every core: set it back.
-            TorchRuntime.EnsureLoaded(threadCount);
-            using var input = tensor(images, [b, config.InChannels, config.ImageSize, config.ImageSize]);
-
-            double AnnForward()
-            {
-                using var _ = no_grad();
-                long start = Stopwatch.GetTimestamp();
-                using var logits = ann.forward(input);
-                return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            }
+            // libtorch may be absent (the published device tool carries none): the ANN side is then reported unavailable.
+            using var ann = AnnBaseline.TryCreate(converted, images, b, threadCount, out string? annUnavailable);
 
             // Warm-up: JIT, first-touch of every buffer, OpenBLAS and libtorch thread pools.
-            AnnForward();
+            ann?.Forward();
             session.Reset(images);
             for (int step = 0; step < Math.Min(t, skip + 1); step++) session.Next();
 
@@ -98,7 +85,7 @@ static class BenchCommand
                 session.Reset(images);
                 for (int step = 1; step <= t; step++)
                 {
-                    annMs.Add(AnnForward());
+                    if (ann is not null) annMs.Add(ann.Forward());
                     if (profiler is not null) profiler.Enabled = step > skip;
                     long start = Stopwatch.GetTimestamp();
                     last = session.Next();
@@ -107,7 +94,8 @@ static class BenchCommand
                 }
             }
 
-            double annMean = annMs.Average(), stepMean = stepMs.Average();
+            double? annMean = ann is null ? null : annMs.Average(), annMedian = ann is null ? null : Median(annMs);
+            double stepMean = stepMs.Average();
             long stateBytes = session.StateFloatsPerImage * sizeof(float);
             long activationBytes = AnnActivationFloatsPerImage(config) * sizeof(float);
             long neurons = NeuronsPerImage(config);
@@ -117,12 +105,12 @@ static class BenchCommand
                 ["backend"] = session.BackendName,
                 ["batch"] = b,
                 ["steps"] = t,
-                ["ann_forward_ms"] = Math.Round(annMean, 2),
+                ["ann_forward_ms"] = annMean is double a ? Math.Round(a, 2) : null,
                 ["snn_step_ms"] = Math.Round(stepMean, 2),
-                ["step_over_ann"] = Math.Round(stepMean / annMean, 3),
-                ["ann_forward_ms_median"] = Math.Round(Median(annMs), 2),
+                ["step_over_ann"] = annMean is double a2 ? Math.Round(stepMean / a2, 3) : null,
+                ["ann_forward_ms_median"] = annMedian is double m ? Math.Round(m, 2) : null,
                 ["snn_step_ms_median"] = Math.Round(Median(stepMs), 2),
-                ["step_over_ann_median"] = Math.Round(Median(stepMs) / Median(annMs), 3),
+                ["step_over_ann_median"] = annMedian is double m2 ? Math.Round(Median(stepMs) / m2, 3) : null,
                 ["ann_forwards"] = annMs.Count,
                 ["snn_steps_timed"] = stepMs.Count,
                 ["threads"] = threadCount,
@@ -139,12 +127,103 @@ static class BenchCommand
                 ["spikes_per_neuron_step"] = Math.Round(last!.Spikes.Average() / ((double)neurons * t), 4),
                 ["firing_rate"] = Math.Round(Enumerable.Range(0, b).Average(last.FiringRate), 4),
             };
+            if (annUnavailable is not null) json["ann_unavailable"] = annUnavailable;
             if (profiler is not null) json["profile"] = ProfileJson(profiler.Profile(), stepMs.Count, stepMean);
             if (parse.GetValue(check)) json["reference_check"] = CompareWithReference(model, session, images, t);
             Console.WriteLine(json.ToJsonString());
             return 0;
         });
         return command;
+    }
+
+    /// <summary>
+    /// One bench ratio for <c>check-backend</c>: the mean SNN step of <paramref name="model"/> on
+    /// <paramref name="backend"/> at batch <paramref name="batch"/> (steps 2 … 8 of two runs) over libtorch's ANN
+    /// forward, interleaved; the ANN side is reported unavailable where libtorch cannot load.
+    /// </summary>
+    public static JsonObject Ratio(SpikingModel model, ISpikingBackend backend, ImageSet? test, int batch, int threads)
+    {
+        var config = model.Config;
+        var images = (test is not null && test.Count >= batch ? test : RandomImages(config, batch, seed: 3)).Normalized(0, batch, config);
+        using var session = new SpikingSession(model, backend, batch);
+        using var ann = AnnBaseline.TryCreate(model.Converted, images, batch, threads, out string? unavailable);
+        ann?.Forward();
+        var annMs = new List<double>();
+        var stepMs = new List<double>();
+        for (int round = 0; round < 2; round++)
+        {
+            session.Reset(images);
+            for (int step = 1; step <= 8; step++)
+            {
+                if (ann is not null) annMs.Add(ann.Forward());
+                long start = Stopwatch.GetTimestamp();
+                session.Next();
+                if (step > 1) stepMs.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+        }
+        double step1 = stepMs.Average();
+        var json = new JsonObject
+        {
+            ["model"] = model.Converted.Name,
+            ["batch"] = batch,
+            ["snn_step_ms"] = Math.Round(step1, 3),
+            ["ann_forward_ms"] = ann is null ? null : Math.Round(annMs.Average(), 3),
+            ["step_over_ann"] = ann is null ? null : Math.Round(step1 / annMs.Average(), 3),
+            ["load_average"] = LoadAverage(),
+        };
+        if (unavailable is not null) json["ann_unavailable"] = unavailable;
+        return json;
+    }
+
+    /// <summary>libtorch's forward of the same ViT with the same weights on fixed images, when libtorch can load here.</summary>
+    sealed class AnnBaseline : IDisposable
+    {
+        readonly TorchVit _vit;
+        readonly TorchSharp.torch.Tensor _input;
+
+        AnnBaseline(ConvertedModel converted, float[] images, int batch, int threads)
+        {
+            var config = converted.Config;
+            TorchRuntime.EnsureLoaded(threads);
+            _vit = new TorchVit(config);
+            _vit.LoadWeights(converted.Weights);
+            _vit.eval();
+            // TorchVit's constructor calls EnsureLoaded() again, which resets libtorch to every core: set it back.
+            TorchRuntime.EnsureLoaded(threads);
+            _input = tensor(images, [batch, config.InChannels, config.ImageSize, config.ImageSize]);
+        }
+
+        /// <summary>The baseline, or null with the reason when libtorch's native libraries are missing or refuse to load.</summary>
+        public static AnnBaseline? TryCreate(ConvertedModel converted, float[] images, int batch, int threads, out string? unavailable)
+        {
+            try
+            {
+                unavailable = null;
+                return new AnnBaseline(converted, images, batch, threads);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                var root = e;
+                while (root.InnerException is not null && root is TypeInitializationException) root = root.InnerException;
+                unavailable = $"libtorch unavailable: TorchSharp could not load its native libraries (the device tool is built without them): {root.GetType().Name}: {root.Message}";
+                return null;
+            }
+        }
+
+        /// <summary>One forward; its wall time in ms.</summary>
+        public double Forward()
+        {
+            using var _ = no_grad();
+            long start = Stopwatch.GetTimestamp();
+            using var logits = _vit.forward(_input);
+            return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        }
+
+        public void Dispose()
+        {
+            _input.Dispose();
+            _vit.Dispose();
+        }
     }
 
     /// <summary>

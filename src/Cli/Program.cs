@@ -10,6 +10,7 @@ var root = new RootCommand("ecmt: convert Vision Transformers to spiking network
     AblateCommand.Create(),
     PlotCommand.Create(),
     BenchCommand.Create(),
+    CheckBackendCommand.Create(),
     SamplesCommand.Create(),
     SamplesCommand.CreateSynthetic(),
     ClassifyCommand.Create(),

@@ -103,7 +103,7 @@ sealed class Classifications(ModelHost host, StreamLimiter limiter, CallerAccess
         var model = job.Model;
         if (model.State != ModelState.Ready)
             throw NotReady(new ModelNotReadyException(model.Name, model.State,
-                model.State == ModelState.Failed ? $"model '{model.Name}' failed to load: {model.Error}" : $"model '{model.Name}' is still loading; retry shortly"));
+                model.State == ModelState.Failed ? (model.Faulted ? $"model '{model.Name}' stopped serving: {model.Error}" : $"model '{model.Name}' failed to load: {model.Error}") : $"model '{model.Name}' is still loading; retry shortly"));
 
         // Per-caller admission (access control: the caller's rate and concurrent streams), then the server's.
         using var callerSlot = access.Admit();

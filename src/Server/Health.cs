@@ -1,4 +1,5 @@
 using Ecmt.Engine.Serving;
+using Ecmt.Kernels;
 using Grpc.AspNetCore.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Options;
@@ -60,12 +61,19 @@ sealed class ServerReadinessCheck(ModelHost host, ServerLifecycle lifecycle) : I
     }
 }
 
-sealed class ModelReadinessCheck(HostedModel model, ServerLifecycle lifecycle) : IHealthCheck
+/// <remarks>
+/// A model that served on auto after a broken CUDA device was found is DEGRADED (still SERVING) with the device's
+/// error; one that hit a device fault while serving is NOT_SERVING with it (<see cref="HostedModel.Faulted"/>).
+/// </remarks>
+sealed class ModelReadinessCheck(HostedModel model, ServerLifecycle lifecycle, BackendKind backend) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
         Task.FromResult(lifecycle.Stopping ? HealthCheckResult.Unhealthy("shutting down") : model.State switch
         {
+            ModelState.Ready when backend == BackendKind.Auto && Backends.AutoFallbackReason is string reason =>
+                HealthCheckResult.Degraded($"{model.Name} ready on {model.BackendName}, not on CUDA: the CUDA device is broken: {reason}"),
             ModelState.Ready => HealthCheckResult.Healthy($"{model.Name} ready on {model.BackendName}"),
+            ModelState.Failed when model.Faulted => HealthCheckResult.Unhealthy($"{model.Name} stopped serving: {model.Error}"),
             ModelState.Failed => HealthCheckResult.Unhealthy($"{model.Name} failed to load: {model.Error}"),
             _ => HealthCheckResult.Unhealthy($"{model.Name} is loading"),
         });
@@ -78,7 +86,7 @@ sealed class HealthSetup(ModelHost host, ServerLifecycle lifecycle) : IConfigure
     {
         options.Registrations.Add(new HealthCheckRegistration(HealthNames.ServerCheck, new ServerReadinessCheck(host, lifecycle), HealthStatus.Unhealthy, ["ready"]));
         foreach (var model in host.Models)
-            options.Registrations.Add(new HealthCheckRegistration(HealthNames.ModelCheck(model.Name), new ModelReadinessCheck(model, lifecycle), HealthStatus.Unhealthy, ["model"]));
+            options.Registrations.Add(new HealthCheckRegistration(HealthNames.ModelCheck(model.Name), new ModelReadinessCheck(model, lifecycle, host.Backend), HealthStatus.Unhealthy, ["model"]));
     }
 
     public void Configure(GrpcHealthChecksOptions options)

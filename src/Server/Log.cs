@@ -41,4 +41,10 @@ static partial class Log
 
     [LoggerMessage(12, LogLevel.Error, "Access file {Path} could not be read again; keeping the previous version")]
     public static partial void AccessReloadFailed(ILogger logger, Exception exception, string path);
+
+    [LoggerMessage(30, LogLevel.Error, "Backend auto: a CUDA device is present but broken, serving on the fast CPU path instead: {Reason}")]
+    public static partial void AutoFellBack(ILogger logger, string reason);
+
+    [LoggerMessage(31, LogLevel.Error, "Model {Model} stopped serving after a device fault: {Reason}")]
+    public static partial void ModelFaulted(ILogger logger, string model, string? reason);
 }

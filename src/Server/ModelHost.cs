@@ -39,7 +39,11 @@ public sealed class ModelHost : IHostedService, IDisposable
                 continue;
             }
             var model = new HostedModel(location, config, Backend, metrics, o.Batching.ToEngine());
-            model.StateChanged += _ => Changed?.Invoke();
+            model.StateChanged += m =>
+            {
+                if (m.Faulted) Log.ModelFaulted(logger, m.Name, m.Error);
+                Changed?.Invoke();
+            };
             _models.Add(model.Name, model);
         }
         if (_models.Count == 0)
@@ -75,6 +79,8 @@ public sealed class ModelHost : IHostedService, IDisposable
         // Fail fast when the chosen device is absent, rather than failing every model.
         using (var probe = Backends.Create(Backend))
             Log.Serving(_logger, _models.Count, ModelDirectory, probe.Name);
+        // auto never falls back from a broken CUDA device in silence: logged here, reported by health (Health.cs).
+        if (Backend == BackendKind.Auto && Backends.AutoFallbackReason is string reason) Log.AutoFellBack(_logger, reason);
         _loading = Task.Run(LoadAll, CancellationToken.None);
         return Task.CompletedTask;
     }

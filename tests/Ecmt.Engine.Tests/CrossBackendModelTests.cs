@@ -6,7 +6,10 @@ using Ecmt.Kernels;
 namespace Ecmt.Engine.Tests;
 
 /// <summary>
-/// Whole models on every backend against the reference backend. Backends whose device is absent skip.
+/// Whole models on every backend against the reference backend. Backends whose device is absent skip; one whose device
+/// is present but broken fails (<see cref="BackendFaultException"/> is not caught). <c>cpu-cuda-shape</c> runs the
+/// tiny model with CUDA's launch shape: 256-thread groups, several per launch (e.g. every row-wise kernel over its
+/// (2 · tokens) rows, one group each).
 /// Float summation order may flip a neuron that sits exactly on a threshold, so predictions may differ on a few
 /// (image, step) pairs; anything more is a bug.
 /// </summary>
@@ -45,6 +48,7 @@ public class CrossBackendModelTests
     [InlineData("fastcpu", ThresholdGranularity.PerChannel)]
     [InlineData("cpu", ThresholdGranularity.PerTensor)]
     [InlineData("cpu", ThresholdGranularity.PerChannel)]
+    [InlineData("cpu-cuda-shape", ThresholdGranularity.PerTensor)]
     [InlineData("cuda", ThresholdGranularity.PerTensor)]
     [InlineData("opencl", ThresholdGranularity.PerTensor)]
     public void Tiny_model_gives_the_reference_logits_and_counts(string backendName, ThresholdGranularity granularity)

@@ -34,6 +34,20 @@ public abstract class BackendConformance : IDisposable
     /// <summary>Creates the backend under test; throws <see cref="BackendUnavailableException"/> when its device is absent.</summary>
     protected abstract ISpikingBackend CreateBackend();
 
+    /// <summary>Tensor sizes of the shared operation checks (<see cref="Checks.OperationChecks"/>, which check-backend runs).</summary>
+    protected virtual Checks.CheckSizes Sizes => Checks.CheckSizes.Small;
+
+    public static TheoryData<string> SharedChecks => [.. Checks.OperationChecks.Names];
+
+    /// <summary>The checks <c>ecmt check-backend</c> runs, at <see cref="Sizes"/>.</summary>
+    [Theory]
+    [MemberData(nameof(SharedChecks))]
+    public void Shared_operation_check_passes(string check)
+    {
+        using var checks = new Checks.OperationChecks(Candidate, Sizes);
+        checks.Run(check);
+    }
+
     ISpikingBackend Candidate
     {
         get

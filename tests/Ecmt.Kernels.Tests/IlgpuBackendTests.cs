@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Ecmt.Kernels.Checks;
 using Ecmt.Kernels.Ilgpu;
 using Ecmt.Kernels.Reference;
 using ILGPU;
@@ -17,10 +18,26 @@ public sealed class IlgpuCpuConformance : BackendConformance
     protected override ISpikingBackend CreateBackend() => Backends.Create(BackendKind.Cpu);
 }
 
-/// <summary>The same kernels on an NVIDIA GPU; skips where there is none.</summary>
+/// <summary>
+/// ILGPU's CPU accelerator with CUDA's launch shape (groups of 256, 64 × 64 tiles, up to 32 groups, 2 running at once)
+/// on tensors that need several groups: every path of a GPU launch but the driver.
+/// </summary>
+public sealed class IlgpuCpuCudaShapeConformance : BackendConformance
+{
+    protected override ISpikingBackend CreateBackend() => Backends.Create(BackendKind.CpuCudaShape);
+    protected override CheckSizes Sizes => CheckSizes.Large;
+}
+
+/// <summary>The same kernels on an NVIDIA GPU, at both sizes; skips where there is none, fails where it is broken.</summary>
 public sealed class IlgpuCudaConformance : BackendConformance
 {
     protected override ISpikingBackend CreateBackend() => Backends.Create(BackendKind.Cuda);
+}
+
+public sealed class IlgpuCudaLargeConformance : BackendConformance
+{
+    protected override ISpikingBackend CreateBackend() => Backends.Create(BackendKind.Cuda);
+    protected override CheckSizes Sizes => CheckSizes.Large;
 }
 
 /// <summary>The same kernels on an OpenCL device ILGPU accepts; skips where there is none.</summary>
@@ -251,6 +268,25 @@ public sealed class IlgpuBackendTests
         Assert.False(backend.Device.HoldsResident(id), "the weights of a collected layer are still on the device");
     }
 
+    /// <summary>The CUDA-shaped CPU device launches exactly as a GPU does, and the large checks need several groups there.</summary>
+    [Fact]
+    public void The_CUDA_shaped_CPU_device_has_the_GPU_launch_shape()
+    {
+        using var backend = new IlgpuBackend(BackendKind.CpuCudaShape);
+        var shape = backend.Device.Shape;
+        Assert.Equal(new LaunchShape(256, 16, 32, 32), shape);
+        var large = CheckSizes.Large;
+        var (images, tokens, dim, heads) = large.Attention;
+        Assert.True(shape.Tiles((long)images * heads, tokens, tokens).GridDim.X > 1, "scores fit one group");
+        Assert.True(shape.Tiles(1, large.Linear.Rows, large.Linear.Out).GridDim.X > 1, "linear fits one group");
+        Assert.True(large.Fire[1] * large.Fire[2] > shape.GroupSize * StepKernels.FireElementsPerThread, "fire fits one group per image");
+        Assert.True(shape.Elements(large.Elementwise.Aggregate(1, (a, b) => a * b)).GridDim.X == shape.MaxGroups, "no grid-stride turns");
+        Assert.True(large.Linear.In > ProductKernels.ChunkK, "linear fits one k-slice");
+        Assert.True(large.RowWise[^1] > shape.GroupSize, "LayerNorm rows fit one group");
+        using var cpu = new IlgpuBackend(BackendKind.Cpu);
+        Assert.Equal(16, cpu.Device.Shape.GroupSize);
+    }
+
     [Fact]
     public void Absent_accelerators_raise_a_clear_BackendUnavailableException()
     {
@@ -280,6 +316,48 @@ public sealed class IlgpuBackendTests
             Assert.Contains("OpenCL", e.Message);
         }
         Assert.True(IlgpuBackend.IsAvailable(BackendKind.Cpu));
+    }
+
+    /// <summary>
+    /// "No device" and "present but broken" are told apart: an opener that finds nothing raises
+    /// <see cref="BackendUnavailableException"/> (tests skip), one that finds a device which then fails to open raises
+    /// <see cref="BackendFaultException"/> with the driver's message (tests fail); kernels that fail to compile at open
+    /// take the same path. Simulated on the CPU accelerator's context, since no driver is needed to fail.
+    /// </summary>
+    [Fact]
+    public void A_present_but_broken_device_is_a_fault_not_an_absence()
+    {
+        var absent = Assert.Throws<BackendUnavailableException>(() =>
+            IlgpuDevice.Open(BackendKind.Cpu, _ => throw new BackendUnavailableException("no CUDA device: the NVIDIA driver library (libcuda.so.1) is not installed")));
+        Assert.Contains("libcuda.so.1", absent.Message);
+
+        var broken = Assert.Throws<BackendFaultException>(() =>
+            IlgpuDevice.Open(BackendKind.Cpu, _ => throw new InvalidOperationException("CUDA_ERROR_NO_DEVICE: simulated driver failure at open")));
+        Assert.Contains("CUDA_ERROR_NO_DEVICE: simulated driver failure at open", broken.Message);
+        Assert.IsNotType<BackendUnavailableException>(broken);
+    }
+
+    /// <summary>auto falls back to the fast CPU path from a broken CUDA device, but records why; from an absent one, silently.</summary>
+    [Fact]
+    public void Auto_reports_a_broken_CUDA_device_instead_of_falling_back_silently()
+    {
+        string? reported = null;
+        void OnFallback(string reason) => reported = reason;
+        Backends.AutoFellBack += OnFallback;
+        try
+        {
+            using (var absent = Backends.CreateAuto(() => throw new BackendUnavailableException("no CUDA device")))
+                Assert.Equal("fastcpu", absent.Name.Split(' ')[0]);
+            Assert.Null(reported);
+            using var broken = Backends.CreateAuto(() => throw new BackendFaultException("cuda: the device is present but could not be opened: CUDA_ERROR_LAUNCH_FAILED"));
+            Assert.Equal("fastcpu", broken.Name.Split(' ')[0]);
+            Assert.Contains("CUDA_ERROR_LAUNCH_FAILED", Backends.AutoFallbackReason);
+            Assert.Contains("CUDA_ERROR_LAUNCH_FAILED", reported);
+        }
+        finally
+        {
+            Backends.AutoFellBack -= OnFallback;
+        }
     }
 
     /// <summary>Every kernel compiles to PTX for sm_90 (H200) and to OpenCL C, here, without a device.</summary>

@@ -43,12 +43,21 @@ public sealed class HostedModel : IDisposable
         _backend = backend;
         _metrics = metrics;
         _batching = batching ?? new BatchingOptions();
+        BackendFactory = () => Backends.Create(_backend);
     }
 
     public string Name { get; }
     public string Directory { get; }
     public VitConfig Config { get; }
     public ModelState State { get; private set; } = ModelState.Loading;
+    /// <summary>
+    /// True once a device fault stopped this model while serving (<see cref="Backends.IsDeviceFault"/>, reported by the
+    /// step scheduler): the state is <see cref="ModelState.Failed"/> and <see cref="Error"/> says what failed and why
+    /// the device is not reopened.
+    /// </summary>
+    public bool Faulted { get; private set; }
+    /// <summary>Creates the backend of the model's scheduler (tests may replace it).</summary>
+    internal Func<ISpikingBackend> BackendFactory { get; set; }
     /// <summary>Why loading failed, for <see cref="ModelState.Failed"/>.</summary>
     public string? Error { get; private set; }
     /// <summary>The conversion settings, once loaded.</summary>
@@ -89,10 +98,10 @@ public sealed class HostedModel : IDisposable
         {
             var converted = ConvertedModel.Load(Directory);
             var model = new SpikingModel(converted);
-            var backend = Backends.Create(_backend);
+            var backend = BackendFactory();
             BackendName = backend.Name;
             _scheduler = new StepScheduler(Name, model, backend, _batching, _metrics, s => RunCompleted?.Invoke(s),
-                () => Interlocked.Increment(ref _stepsRun));
+                () => Interlocked.Increment(ref _stepsRun)) { DeviceFaulted = ReportDeviceFault };
             _model = model;
             State = ModelState.Ready;
         }
@@ -161,10 +170,29 @@ public sealed class HostedModel : IDisposable
     SpikingModel RequireReady() => State switch
     {
         ModelState.Ready when _model is not null && !_disposed => _model,
+        ModelState.Failed when Faulted => throw new ModelNotReadyException(Name, State, $"model '{Name}' stopped serving: {Error}"),
         ModelState.Failed => throw new ModelNotReadyException(Name, State, $"model '{Name}' failed to load: {Error}"),
         _ when _disposed => throw new ModelNotReadyException(Name, ModelState.Loading, $"model '{Name}' has been unloaded"),
         _ => throw new ModelNotReadyException(Name, State, $"model '{Name}' is still loading"),
     };
+
+    /// <summary>
+    /// Stops serving after a device fault in a step: NOT_SERVING in health with the fault and the reason the device is
+    /// not reopened. A CUDA fault is sticky: it leaves the context, and with it the batched session's buffers and the
+    /// uploaded weights the process shares, unusable; reopening means a new context for the whole process, i.e. a restart.
+    /// </summary>
+    internal void ReportDeviceFault(Exception e)
+    {
+        lock (this)
+        {
+            if (Faulted) return;
+            Error = $"device fault on {BackendName} while serving: {e.Message}. The device is not reopened: a CUDA fault leaves "
+                + "its context, the session's buffers and the shared uploaded weights unusable for this process; restart the server";
+            Faulted = true;
+            State = ModelState.Failed;
+        }
+        StateChanged?.Invoke(this);
+    }
 
     public void Dispose()
     {

@@ -58,6 +58,9 @@ sealed class StepScheduler : IDisposable
     double _meanStepMs = 10;
     bool _stopping;
 
+    /// <summary>Called (on the scheduler's thread) when a step fails with a device fault (<see cref="Backends.IsDeviceFault"/>).</summary>
+    public Action<Exception>? DeviceFaulted { get; init; }
+
     public StepScheduler(string name, SpikingModel model, ISpikingBackend backend, BatchingOptions options, EngineMetrics metrics,
         Action<RunSummary> completed, Action stepped)
     {
@@ -223,6 +226,7 @@ sealed class StepScheduler : IDisposable
         {
             lock (_lock)
                 for (int slot = _active.Count - 1; slot >= 0; slot--) Finish(slot, StopReason.None, e, failed: true);
+            if (Backends.IsDeviceFault(e)) DeviceFaulted?.Invoke(e);
             return;
         }
         double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;

@@ -415,12 +415,7 @@ public sealed class IlgpuBackend : ISpikingBackend
     }
 
     /// <summary>Launch shape of a tiled product: one group of S×S threads per (block, 4S × 4S output tile).</summary>
-    KernelConfig TileLaunch(long blocks, int rows, int columns)
-    {
-        int tile = 4 * _device.TileSide;
-        long tiles = blocks * ((rows + tile - 1) / tile) * ((columns + tile - 1) / tile);
-        return _device.Groups(tiles, _device.TileSide * _device.TileSide);
-    }
+    KernelConfig TileLaunch(long blocks, int rows, int columns) => _device.Shape.Tiles(blocks, rows, columns);
 
     EcViews Ec(Tensor input, EcState state, Tensor output)
     {
@@ -432,12 +427,7 @@ public sealed class IlgpuBackend : ISpikingBackend
     }
 
     /// <summary>Threads per group for a row-wise kernel over rows of <paramref name="width"/>: enough to cover a row, at most the device's group.</summary>
-    int RowGroupSize(int width)
-    {
-        int size = _device.Accelerator.WarpSize;
-        while (size < width && size < _device.GroupSize) size *= 2;
-        return Math.Min(size, _device.GroupSize);
-    }
+    int RowGroupSize(int width) => _device.Shape.RowGroupSize(width);
 
     // The steps stay on the device (uploaded once per step by the session); kernels read t of the row's image.
     public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output)

@@ -20,6 +20,7 @@ sealed class IlgpuDevice
     static readonly Lazy<IlgpuDevice> CudaDevice = new(() => Open(BackendKind.Cuda));
     static readonly Lazy<IlgpuDevice> OpenCLDevice = new(() => Open(BackendKind.OpenCL));
     static readonly Lazy<IlgpuDevice> CpuDevice = new(() => Open(BackendKind.Cpu));
+    static readonly Lazy<IlgpuDevice> CpuCudaShapeDevice = new(() => Open(BackendKind.CpuCudaShape));
 
     /// <summary>The shared device of an ILGPU kind; throws <see cref="BackendUnavailableException"/> when it cannot run here.</summary>
     public static IlgpuDevice Get(BackendKind kind) => kind switch
@@ -27,6 +28,7 @@ sealed class IlgpuDevice
         BackendKind.Cuda => CudaDevice.Value,
         BackendKind.OpenCL => OpenCLDevice.Value,
         BackendKind.Cpu => CpuDevice.Value,
+        BackendKind.CpuCudaShape => CpuCudaShapeDevice.Value,
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "not an ILGPU accelerator kind"),
     };
 
@@ -39,6 +41,10 @@ sealed class IlgpuDevice
             return true;
         }
         catch (BackendUnavailableException)
+        {
+            return false;
+        }
+        catch (BackendFaultException)
         {
             return false;
         }
@@ -62,22 +68,9 @@ sealed class IlgpuDevice
         Context = context;
         Accelerator = accelerator;
         Name = $"{Backends.NameOf(kind)} ({accelerator.Name})";
-        if (kind == BackendKind.Cpu)
-        {
-            // ILGPU's CPU accelerator runs each group's threads as OS threads that meet at every barrier, and costs
-            // per group: one small group, grid-stride, is fastest there.
-            GroupSize = Math.Min(16, accelerator.MaxNumThreadsPerGroup);
-            MaxGroups = 1;
-        }
-        else
-        {
-            GroupSize = Math.Min(256, accelerator.MaxNumThreadsPerGroup);
-            // Enough groups to keep every multiprocessor busy; grid-stride loops take the rest.
-            MaxGroups = Math.Max(1, accelerator.NumMultiprocessors) * 16;
-        }
-        TileSide = (int)Math.Sqrt(GroupSize);
-        if (TileSide * 4 > ProductKernels.MaxTile)
-            throw new InvalidOperationException($"group size {GroupSize} exceeds what the kernels' shared memory holds");
+        // The GPU shape everywhere but on ILGPU's ordinary CPU accelerator (LaunchShape): the CUDA-shaped CPU device
+        // runs exactly the launches a GPU gets.
+        Shape = kind == BackendKind.Cpu ? LaunchShape.Cpu(accelerator) : LaunchShape.Gpu(accelerator);
         Kernels = new KernelSet(accelerator);
     }
 
@@ -86,22 +79,41 @@ sealed class IlgpuDevice
     public Accelerator Accelerator { get; }
     public KernelSet Kernels { get; }
 
+    /// <summary>The launch configuration of every kernel on this accelerator.</summary>
+    public LaunchShape Shape { get; }
     /// <summary>Threads per group of the one-dimensional kernels.</summary>
-    public int GroupSize { get; }
+    public int GroupSize => Shape.GroupSize;
     /// <summary>S: the tiled products run S×S threads per group on tiles of 4S × 4S outputs.</summary>
-    public int TileSide { get; }
-    /// <summary>Most groups one launch uses; grid-stride loops cover larger problems.</summary>
-    public int MaxGroups { get; }
+    public int TileSide => Shape.TileSide;
 
     /// <summary>Launch shape for <paramref name="items"/> work items of one group each.</summary>
-    public KernelConfig Groups(long items, int groupSize) => new((int)Math.Clamp(items, 1, MaxGroups), groupSize);
+    public KernelConfig Groups(long items, int groupSize) => Shape.Groups(items, groupSize);
 
     /// <summary>Launch shape for <paramref name="elements"/> independent elements, one thread each.</summary>
-    public KernelConfig Elements(long elements) => Groups((elements + GroupSize - 1) / GroupSize, GroupSize);
+    public KernelConfig Elements(long elements) => Shape.Elements(elements);
 
-    static IlgpuDevice Open(BackendKind kind)
+    static IlgpuDevice Open(BackendKind kind) => Open(kind, kind switch
+    {
+        BackendKind.Cuda => OpenCuda,
+        BackendKind.OpenCL => OpenOpenCL,
+        // Parallel: every thread of a group is an OS thread (ILGPU's sequential mode, which hands one thread on to the
+        // next at each barrier, took minutes of system time for what this does in seconds). The 2 multiprocessors run
+        // 2 groups at once, so cross-group atomics race as on a GPU.
+        BackendKind.CpuCudaShape => context => context.GetCPUDevice(0).CreateCPUAccelerator(context, CPUAcceleratorMode.Parallel),
+        _ => context => context.GetCPUDevice(0).CreateCPUAccelerator(context, CPUAcceleratorMode.Parallel),
+    });
+
+    /// <summary>
+    /// Opens a device of <paramref name="kind"/> with <paramref name="openAccelerator"/>, which finds the device and
+    /// opens it: it throws <see cref="BackendUnavailableException"/> when there is none (no driver library, no device);
+    /// anything else it throws, and any failure to compile the kernels, is a device that is present but broken and
+    /// becomes <see cref="BackendFaultException"/> with the driver's message. Tests pass their own opener to simulate a
+    /// driver that lists a device which then fails.
+    /// </summary>
+    internal static IlgpuDevice Open(BackendKind kind, Func<Context, Accelerator> openAccelerator)
     {
         Context? context = null;
+        Accelerator? accelerator = null;
         try
         {
             context = kind switch
@@ -109,25 +121,31 @@ sealed class IlgpuDevice
                 BackendKind.Cuda => Context.Create(b => b.Cuda().EnableAlgorithms()),
                 // Every OpenCL device, not only those ILGPU deems compatible, so that a refusal can say why.
                 BackendKind.OpenCL => Context.Create(b => b.OpenCL(_ => true).EnableAlgorithms()),
+                BackendKind.CpuCudaShape => Context.Create(b => b.CPU(LaunchShape.CudaShapedCpuDevice).EnableAlgorithms()),
                 _ => Context.Create(b => b.CPU(CPUDevice.Default).EnableAlgorithms()),
             };
-            var accelerator = kind switch
-            {
-                BackendKind.Cuda => OpenCuda(context),
-                BackendKind.OpenCL => OpenOpenCL(context),
-                _ => context.GetCPUDevice(0).CreateCPUAccelerator(context, CPUAcceleratorMode.Parallel),
-            };
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // ILGPU could not even enumerate the devices (e.g. a driver library it cannot use): nothing to run on.
+            throw new BackendUnavailableException($"{Backends.NameOf(kind)}: ILGPU could not list the devices: {e.Message}", e);
+        }
+        try
+        {
+            accelerator = openAccelerator(context);
             return new IlgpuDevice(kind, context, accelerator);
         }
         catch (BackendUnavailableException)
         {
-            context?.Dispose();
+            context.Dispose();
             throw;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            context?.Dispose();
-            throw new BackendUnavailableException($"{Backends.NameOf(kind)}: ILGPU could not open the accelerator or compile the kernels for it: {e.Message}", e);
+            accelerator?.Dispose();
+            context.Dispose();
+            throw new BackendFaultException(
+                $"{Backends.NameOf(kind)}: the device is present but could not be opened or could not compile the kernels: {e.GetType().Name}: {e.Message}", e);
         }
     }
 
