@@ -153,15 +153,22 @@ public sealed partial class DockerTests
 
     [Theory]
     [MemberData(nameof(Dockerfiles))]
-    public void The_model_directory_is_a_volume_holding_the_shipped_model_and_the_user_is_not_root(string path)
+    public void The_model_directory_is_a_volume_holding_the_shipped_models_and_the_user_is_not_root(string path)
     {
         var image = Dockerfile.Load(path).Final;
         var models = image.EnvMap["Ecmt__ModelDirectory"];
         var volumes = image.All("VOLUME").SelectMany(v => v.Arguments.StartsWith('[') ? Dockerfile.ExecForm(v.Arguments) : Dockerfile.Words(v.Arguments));
         Assert.Contains(models, volumes);
-        var model = Assert.Single(image.Copies, c => c.Destination.StartsWith(models + "/", StringComparison.Ordinal));
-        Assert.Equal($"{models}/{Engine.Model.ModelDirectory.DefaultModelName}", model.Destination.TrimEnd('/'));
-        Assert.Equal($"models/{Engine.Model.ModelDirectory.DefaultModelName}", Assert.Single(model.Sources).TrimEnd('/'));
+        // Every shipped model (a folder of models/ with a conversion) is copied to its own folder of the volume,
+        // the default one included; nothing else lands there.
+        var shipped = Directory.GetDirectories(Repo.Full("models"))
+            .Where(d => File.Exists(Path.Combine(d, "conversion.json")))
+            .Select(d => Path.GetFileName(d)!).Order(StringComparer.Ordinal).ToArray();
+        Assert.Contains(Engine.Model.ModelDirectory.DefaultModelName, shipped);
+        var copies = image.Copies.Where(c => c.Destination.StartsWith(models + "/", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(shipped, copies.Select(c => c.Destination.TrimEnd('/')[(models.Length + 1)..]).Order(StringComparer.Ordinal));
+        foreach (var copy in copies)
+            Assert.Equal($"models/{copy.Destination.TrimEnd('/')[(models.Length + 1)..]}", Assert.Single(copy.Sources).TrimEnd('/'));
         var user = image.All("USER").Last().Arguments.Split(':');
         Assert.True(int.TryParse(user[0], out var uid) && uid > 0, $"{path}: USER {user[0]} is not a numeric non-root user (runAsNonRoot needs a number)");
     }
