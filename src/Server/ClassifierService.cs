@@ -42,7 +42,7 @@ sealed class ClassifierService(Classifications classifications) : Classifier.Cla
                 EnergyRatio = step.EnergyRatio,
                 FiringRate = step.FiringRate,
                 StepMs = step.StepMilliseconds,
-                ElapsedMs = Stopwatch.GetElapsedTime(received).TotalMilliseconds,
+                ElapsedMs = Stopwatch.GetElapsedTime(received, step.CompletedTimestamp).TotalMilliseconds,
                 StopReason = ReasonOf(step.StopReason),
                 Margin = step.Margin,
             };

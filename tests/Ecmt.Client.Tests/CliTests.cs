@@ -223,10 +223,10 @@ public sealed class CliTests(ServerFixture fixture) : IClassFixture<ServerFixtur
     public async Task Bench_server_counts_errors_by_status()
     {
         await using var host = await ServerHost.StartAsync(settings: ("Ecmt:Limits:MaxConcurrentStreams", "1"));
-        var (code, stdout, _) = await Ecmt("bench-server", "--server", host.Address.ToString(), "--model", TestModels.Deep, "--concurrency", "3", "--duration", "1",
+        var (code, stdout, stderr) = await Ecmt("bench-server", "--server", host.Address.ToString(), "--model", TestModels.Deep, "--concurrency", "3", "--duration", "1",
             "--max-steps", "3", "--images", TestModels.PngFolder(2), "--json");
 
-        Assert.Equal(0, code);
+        Assert.True(code == 0, $"bench-server exited {code}: {stderr}");
         var r = Json(stdout);
         Assert.True((int)r["images"]! > 0, "the stream that holds the one slot completes images");
         var errors = r["errors"]!.AsObject();

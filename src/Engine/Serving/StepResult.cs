@@ -26,6 +26,7 @@ public sealed class StepResult
         EnergyRatio = output.EnergyRatio(image);
         FiringRate = output.FiringRate(image);
         StepMilliseconds = stepMilliseconds;
+        CompletedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         _classNames = classNames;
     }
 
@@ -47,6 +48,11 @@ public sealed class StepResult
     public double EnergyRatio { get; }
     public double FiringRate { get; }
     public double StepMilliseconds { get; }
+    /// <summary>
+    /// <see cref="System.Diagnostics.Stopwatch"/> timestamp of the moment the step was done: the scheduler may run a
+    /// step ahead of the stream that reads it, so the time a result is read says less.
+    /// </summary>
+    public long CompletedTimestamp { get; }
     public StopReason StopReason { get; internal set; }
 
     /// <summary>The <paramref name="k"/> most probable classes, best first (ties: lower index first); k is clamped to the class count.</summary>

@@ -67,6 +67,7 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         "attention-ec",
         "elementwise",
         "per-image-views",
+        "layout-ops",
     ];
 
     static string FireName((int Groups, int Inner, int Levels, SpikeRounding Rounding) l) =>
@@ -95,6 +96,7 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
             case "attention-ec": Attention(); break;
             case "elementwise": Elementwise(); break;
             case "per-image-views": PerImageViews(); break;
+            case "layout-ops": LayoutOps(); break;
             default: throw new ArgumentException($"unknown check '{name}' (choose one of: {string.Join(", ", Names)})");
         }
     }
@@ -438,5 +440,47 @@ public sealed class OperationChecks(ISpikingBackend candidate, CheckSizes sizes)
         var head = new float[2 * perImage];
         _candidate.Download(ax, head);
         CheckData.AssertClose(all.AsSpan(0, 2 * perImage), head, "download of a prefix view", 0, 0);
+    }
+    /// <summary>
+    /// The operations of the other ViT layouts: the relative position bias (1, H, N, N) added to every image's scores
+    /// (B, H, N, N), also over a prefix view; mean pooling of the patch tokens (B, N, D) → (B, D) over tokens 1 … N − 1.
+    /// </summary>
+    void LayoutOps()
+    {
+        var (images, tokens, dim, heads) = sizes.Attention;
+        int[] scoreShape = [images + 1, heads, tokens, tokens];
+        int count = Count(scoreShape), perImage = count / (images + 1);
+        using var scores = Tensors(scoreShape);
+        using var bias = Tensors(1, heads, tokens, tokens);
+        var before = CheckData.Normal(count, 3);
+        var biasValues = CheckData.Normal(perImage, 4);
+        scores.Set(before);
+        bias.Set(biasValues);
+        _reference.AddBroadcast(scores.Expected, bias.Expected);
+        _candidate.AddBroadcast(scores.Actual, bias.Actual);
+        scores.AssertClose("broadcast add");
+        var reference = new float[count];
+        _reference.Download(scores.Expected, reference);
+        int last = images * perImage + perImage / 3;
+        CheckData.That(Math.Abs(reference[last] - (before[last] + biasValues[perImage / 3])) < 1e-5f, "the reference's broadcast add");
+        // over a view of all images but the last (a batched session's occupied slots) the last is left as it was
+        _reference.AddBroadcast(_reference.Prefix(scores.Expected, images), bias.Expected);
+        _candidate.AddBroadcast(_candidate.Prefix(scores.Actual, images), bias.Actual);
+        scores.AssertClose("broadcast add over a prefix view");
+
+        int[] tokenShape = [images, tokens, dim];
+        int tokenCount = Count(tokenShape);
+        using var x = Tensors(tokenShape);
+        using var mean = Tensors(images, dim);
+        var values = CheckData.Normal(tokenCount, 5);
+        x.Set(values);
+        _reference.MeanTokens(x.Expected, 1, mean.Expected);
+        _candidate.MeanTokens(x.Actual, 1, mean.Actual);
+        mean.AssertClose("mean of tokens");
+        var pooled = new float[images * dim];
+        _reference.Download(mean.Expected, pooled);
+        float expected = 0;
+        for (int n = 1; n < tokens; n++) expected += values[(long)n * dim + 3];
+        CheckData.That(Math.Abs(pooled[3] - expected / (tokens - 1)) < 1e-4f, "the reference's mean of tokens");
     }
 }
