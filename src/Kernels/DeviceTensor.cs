@@ -54,3 +54,21 @@ public abstract class ImageSteps(int images) : IDisposable
 
     public abstract void Dispose();
 }
+
+/// <summary>Per-image steps of the backends that compute on the host (reference, fastcpu): a plain array.</summary>
+sealed class HostImageSteps(int images) : ImageSteps(images)
+{
+    /// <summary>(images): t of each image.</summary>
+    public readonly int[] T = new int[images];
+
+    public override void Dispose() { }
+
+    /// <summary>t of each of the first <paramref name="images"/> images, checked to be a step (≥ 1).</summary>
+    public static int[] Of(ImageSteps steps, int images)
+    {
+        var t = ((HostImageSteps)steps).T;
+        if (steps.Images < images) throw new ArgumentException($"{steps.Images} steps given for {images} images");
+        for (int b = 0; b < images; b++) ArgumentOutOfRangeException.ThrowIfLessThan(t[b], 1, $"step of image {b}");
+        return t;
+    }
+}

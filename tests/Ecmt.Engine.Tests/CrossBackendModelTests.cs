@@ -54,7 +54,12 @@ public class CrossBackendModelTests
     public void Tiny_model_gives_the_reference_logits_and_counts(string backendName, ThresholdGranularity granularity)
     {
         using var backend = CreateOrSkip(backendName);
-        var model = new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(granularity)));
+        AssertLikeTheReference(new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(granularity))), backend, $"{granularity}");
+    }
+
+    /// <summary>Two random images, 4 steps: the accumulated logits within 1e-4 of the reference's, the counts equal, at every step.</summary>
+    static void AssertLikeTheReference(SpikingModel model, ISpikingBackend backend, string what)
+    {
         const int images = 2, steps = 4;
         var pixels = TestModels.RandomImages(model.Config, images, 3).Normalized(0, images, model.Config);
         using var reference = Backends.Create(BackendKind.Reference);
@@ -66,7 +71,7 @@ public class CrossBackendModelTests
             var a = actual.Outputs[t];
             for (int k = 0; k < e.AccumulatedLogits.Length; k++)
                 Assert.True(Math.Abs(e.AccumulatedLogits[k] - a.AccumulatedLogits[k]) <= 1e-4 + 1e-4 * Math.Abs(e.AccumulatedLogits[k]),
-                    $"step {t + 1}, logit {k}: {a.AccumulatedLogits[k]} vs reference {e.AccumulatedLogits[k]}");
+                    $"{what}, step {t + 1}, logit {k}: {a.AccumulatedLogits[k]} vs reference {e.AccumulatedLogits[k]}");
             Assert.Equal(e.Sops, a.Sops);
             Assert.Equal(e.Spikes, a.Spikes);
         }
@@ -99,22 +104,7 @@ public class CrossBackendModelTests
     public void Each_layout_gives_the_reference_logits_and_counts(string layout, string backendName)
     {
         using var backend = CreateOrSkip(backendName);
-        var model = TinyLayoutModel(layout);
-        const int images = 2, steps = 4;
-        var pixels = TestModels.RandomImages(model.Config, images, 3).Normalized(0, images, model.Config);
-        using var reference = Backends.Create(BackendKind.Reference);
-        var expected = Run(model, reference, pixels, images, steps);
-        var actual = Run(model, backend, pixels, images, steps);
-        for (int t = 0; t < steps; t++)
-        {
-            var e = expected.Outputs[t];
-            var a = actual.Outputs[t];
-            for (int k = 0; k < e.AccumulatedLogits.Length; k++)
-                Assert.True(Math.Abs(e.AccumulatedLogits[k] - a.AccumulatedLogits[k]) <= 1e-4 + 1e-4 * Math.Abs(e.AccumulatedLogits[k]),
-                    $"{layout}, step {t + 1}, logit {k}: {a.AccumulatedLogits[k]} vs reference {e.AccumulatedLogits[k]}");
-            Assert.Equal(e.Sops, a.Sops);
-            Assert.Equal(e.Spikes, a.Spikes);
-        }
+        AssertLikeTheReference(TinyLayoutModel(layout), backend, layout);
     }
 
     /// <summary>Every layout's accumulated logits / t converge to the ANN's: the error at t = 32 well under that at t = 4.</summary>

@@ -90,21 +90,6 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
         public override void Dispose() { }
     }
 
-    sealed class Steps(int images) : ImageSteps(images)
-    {
-        public readonly int[] T = new int[images];
-        public override void Dispose() { }
-    }
-
-    /// <summary>t of each of the first <paramref name="images"/> images, checked to be a step (≥ 1).</summary>
-    static int[] StepsOf(ImageSteps steps, int images)
-    {
-        var t = ((Steps)steps).T;
-        if (steps.Images < images) throw new ArgumentException($"{steps.Images} steps given for {images} images");
-        for (int b = 0; b < images; b++) ArgumentOutOfRangeException.ThrowIfLessThan(t[b], 1, $"step of image {b}");
-        return t;
-    }
-
     sealed class Counters(int images) : StepCounters(images)
     {
         public readonly long[] Spikes = new long[images];
@@ -119,8 +104,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) =>
         neuron.Lossless ? throw new NotSupportedException("lossless neurons (a diagnostic) run on the reference backend only") : new Spikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => new Counters(images);
-    public ImageSteps AllocateSteps(int images) => new Steps(images);
-    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((Steps)destination).T);
+    public ImageSteps AllocateSteps(int images) => new HostImageSteps(images);
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((HostImageSteps)destination).T);
     public DeviceTensor Prefix(DeviceTensor tensor, int images) => new Tensor(Reference.ReferenceBackend.PrefixShape(tensor.Shape, images), T(tensor));
     public SpikeTensor Prefix(SpikeTensor spikes, int images) => new Spikes(spikes.Neuron, Reference.ReferenceBackend.PrefixShape(spikes.Shape, images), S(spikes));
 
@@ -346,7 +331,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     public void LayerNormEc(DeviceTensor input, EcState state, LayerNormLayer norm, ImageSteps steps, DeviceTensor output)
     {
-        var ts = StepsOf(steps, input.Images);
+        var ts = HostImageSteps.Of(steps, input.Images);
         long rowsPerImage = input.Rows / input.Images;
         // input, sums, output (rows, D)
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
@@ -371,7 +356,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void GeluEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
-        var ts = StepsOf(steps, input.Images);
+        var ts = HostImageSteps.Of(steps, input.Images);
         long perImage = input.Length / input.Images;
         Parallelism.ForImages(Threads, input.Images, perImage, Grain, (image, a, b) =>
         {
@@ -383,7 +368,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     public void SoftmaxEc(DeviceTensor input, EcState state, ImageSteps steps, DeviceTensor output)
     {
-        var ts = StepsOf(steps, input.Images);
+        var ts = HostImageSteps.Of(steps, input.Images);
         long rowsPerImage = input.Rows / input.Images;
         // input, sums, output (rows, keys)
         float* x = T(input).P, sum = T(state.InputSum).P, cumulative = T(state.OutputSum).P, o = T(output).P;
@@ -401,7 +386,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void AttentionScoresEc(SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products, int heads, float scale, ImageSteps steps,
         DeviceTensor scores, StepCounters counters)
     {
-        var ts = StepsOf(steps, qkv.Images);
+        var ts = HostImageSteps.Of(steps, qkv.Images);
         // qkv codes, sums (B, N, 3D); products, scores (B, H, N, N)
         var spikes = S(qkv);
         int images = qkv.Images, n = qkv.Shape[1], d3 = qkv.Columns, d = d3 / 3, dh = d / heads;
@@ -460,7 +445,7 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
     public void AttentionValuesEc(SpikeTensor probs, DeviceTensor probSums, SpikeTensor qkv, DeviceTensor qkvSums, DeviceTensor products,
         int heads, ImageSteps steps, DeviceTensor output, StepCounters counters)
     {
-        var ts = StepsOf(steps, qkv.Images);
+        var ts = HostImageSteps.Of(steps, qkv.Images);
         // probs codes, probSums (B, H, N, N); qkv codes, qkvSums (B, N, 3D); products, output (B, N, D)
         var a = S(probs);
         var spikes = S(qkv);

@@ -44,28 +44,13 @@ public sealed class ReferenceBackend : ISpikingBackend
         public override void Dispose() { }
     }
 
-    sealed class Steps(int images) : ImageSteps(images)
-    {
-        public readonly int[] T = new int[images];
-        public override void Dispose() { }
-    }
-
-    /// <summary>t of each of the first <paramref name="images"/> images, checked to be a step (≥ 1).</summary>
-    static int[] StepsOf(ImageSteps steps, int images)
-    {
-        var t = ((Steps)steps).T;
-        if (steps.Images < images) throw new ArgumentException($"{steps.Images} steps given for {images} images");
-        for (int b = 0; b < images; b++) ArgumentOutOfRangeException.ThrowIfLessThan(t[b], 1, $"step of image {b}");
-        return t;
-    }
-
     static float[] Data(DeviceTensor t) => ((Tensor)t).Data;
 
     public DeviceTensor Allocate(params int[] shape) => new Tensor(shape);
     public SpikeTensor AllocateSpikes(MultiThresholdNeuron neuron, params int[] shape) => new Spikes(neuron, shape);
     public StepCounters AllocateCounters(int images) => new Counters(images);
-    public ImageSteps AllocateSteps(int images) => new Steps(images);
-    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((Steps)destination).T);
+    public ImageSteps AllocateSteps(int images) => new HostImageSteps(images);
+    public void UploadSteps(ReadOnlySpan<int> steps, ImageSteps destination) => steps.CopyTo(((HostImageSteps)destination).T);
 
     public DeviceTensor Prefix(DeviceTensor tensor, int images) => new Tensor(PrefixShape(tensor.Shape, images), ((Tensor)tensor).Data);
     public SpikeTensor Prefix(SpikeTensor spikes, int images) => new Spikes(spikes.Neuron, PrefixShape(spikes.Shape, images), (Spikes)spikes);
@@ -192,7 +177,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         float[] x = Data(input), sum = Data(state.InputSum), cumulative = Data(state.OutputSum), o = Data(output);
         int width = input.Columns;
         long rowsPerImage = input.Rows / input.Images;
-        var ts = StepsOf(steps, input.Images);
+        var ts = HostImageSteps.Of(steps, input.Images);
         Parallel.For(0, input.Images, image =>
         {
             int t = ts[image];
@@ -270,7 +255,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         DeviceTensor scores, StepCounters counters)
     {
         int images = qkv.Images, n = qkv.Shape[1], d = qkv.Columns / 3, dh = d / heads;
-        var ts = StepsOf(steps, images);
+        var ts = HostImageSteps.Of(steps, images);
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(scores);
         var c = (Counters)counters;
         Parallel.For(0, images, image =>
@@ -296,7 +281,7 @@ public sealed class ReferenceBackend : ISpikingBackend
         int heads, ImageSteps steps, DeviceTensor output, StepCounters counters)
     {
         int images = qkv.Images, n = qkv.Shape[1], d = qkv.Columns / 3, dh = d / heads;
-        var ts = StepsOf(steps, images);
+        var ts = HostImageSteps.Of(steps, images);
         float[] a = ((Spikes)probs).Values(), sumsA = Data(probSums);
         float[] values = ((Spikes)qkv).Values(), sums = Data(qkvSums), p = Data(products), o = Data(output);
         var c = (Counters)counters;
