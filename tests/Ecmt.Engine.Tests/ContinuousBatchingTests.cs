@@ -12,19 +12,6 @@ public class ContinuousBatchingTests
 {
     const int Steps = 5;
 
-    static ISpikingBackend CreateOrSkip(string name)
-    {
-        try
-        {
-            return Backends.Create(Backends.Parse(name));
-        }
-        catch (BackendUnavailableException e)
-        {
-            Assert.Skip($"{name} is not available here: {e.Message}");
-            throw;
-        }
-    }
-
     /// <summary>Each image alone: its accumulated logits and SOPs after each of its steps.</summary>
     static (float[] Logits, long Sops)[][] Alone(SpikingModel model, ISpikingBackend backend, float[] pixels, int images)
     {
@@ -51,7 +38,7 @@ public class ContinuousBatchingTests
     [InlineData("opencl")]
     public void Staggered_images_get_the_outputs_they_get_alone(string backendName)
     {
-        using var backend = CreateOrSkip(backendName);
+        using var backend = TestModels.BackendOrSkip(backendName);
         var model = new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(ThresholdGranularity.PerChannel)));
         const int images = 5;
         var pixels = TestModels.RandomImages(model.Config, images, 11).Normalized(0, images, model.Config);

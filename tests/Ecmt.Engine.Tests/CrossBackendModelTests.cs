@@ -15,19 +15,6 @@ namespace Ecmt.Engine.Tests;
 /// </summary>
 public class CrossBackendModelTests
 {
-    static ISpikingBackend CreateOrSkip(string name)
-    {
-        try
-        {
-            return Backends.Create(Backends.Parse(name));
-        }
-        catch (BackendUnavailableException e)
-        {
-            Assert.Skip($"{name} is not available here: {e.Message}");
-            throw;
-        }
-    }
-
     /// <summary>(images, steps) predictions and per-step records of a run.</summary>
     static (int[,] Predictions, StepOutput[] Outputs) Run(SpikingModel model, ISpikingBackend backend, float[] pixels, int images, int steps)
     {
@@ -53,7 +40,7 @@ public class CrossBackendModelTests
     [InlineData("opencl", ThresholdGranularity.PerTensor)]
     public void Tiny_model_gives_the_reference_logits_and_counts(string backendName, ThresholdGranularity granularity)
     {
-        using var backend = CreateOrSkip(backendName);
+        using var backend = TestModels.BackendOrSkip(backendName);
         AssertLikeTheReference(new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(granularity))), backend, $"{granularity}");
     }
 
@@ -103,17 +90,13 @@ public class CrossBackendModelTests
     [InlineData("post-norm", "cuda")]
     public void Each_layout_gives_the_reference_logits_and_counts(string layout, string backendName)
     {
-        using var backend = CreateOrSkip(backendName);
+        using var backend = TestModels.BackendOrSkip(backendName);
         AssertLikeTheReference(TinyLayoutModel(layout), backend, layout);
     }
 
     /// <summary>Every layout's accumulated logits / t converge to the ANN's: the error at t = 32 well under that at t = 4.</summary>
     [Theory]
-    [InlineData("vit")]
-    [InlineData("eva")]
-    [InlineData("beit-shared")]
-    [InlineData("no-qkv-bias")]
-    [InlineData("post-norm")]
+    [MemberData(nameof(TestModels.LayoutNames), MemberType = typeof(TestModels))]
     public void Each_layout_converges_to_the_ANN(string layout)
     {
         var model = TinyLayoutModel(layout);
@@ -141,7 +124,7 @@ public class CrossBackendModelTests
     {
         var path = TestModels.ShippedModel();
         Assert.SkipWhen(path is null, "the shipped model is not built yet");
-        using var backend = CreateOrSkip(backendName);
+        using var backend = TestModels.BackendOrSkip(backendName);
         var model = new SpikingModel(ConvertedModel.Load(path!));
         const int images = 1000, fixedSet = 200, steps = 8;
         var test = FashionMnist.Load(Split.Test).Take(images);

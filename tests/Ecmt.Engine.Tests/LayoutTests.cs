@@ -9,18 +9,6 @@ namespace Ecmt.Engine.Tests;
 /// <summary>Every layout (TestModels.Layouts): the C# ANN against libtorch, import of checkpoints written with timm / BEiT / EVA names, strict binding.</summary>
 public class LayoutTests
 {
-    static float[] TorchLogits(VitWeights weights, float[] images, int count)
-    {
-        using var torchVit = new TorchVit(weights.Config);
-        torchVit.LoadWeights(weights);
-        torchVit.eval();
-        using var _ = no_grad();
-        var c = weights.Config;
-        using var input = tensor(images, [count, c.InChannels, c.ImageSize, c.ImageSize]);
-        using var logits = torchVit.forward(input);
-        return logits.data<float>().ToArray();
-    }
-
     static string Json(VitConfig c) => System.Text.Json.JsonSerializer.Serialize(c, VitConfig.Json);
 
     static float MaxDifference(float[] a, float[] b)
@@ -30,11 +18,7 @@ public class LayoutTests
     }
 
     [Theory]
-    [InlineData("vit")]
-    [InlineData("eva")]
-    [InlineData("beit-shared")]
-    [InlineData("no-qkv-bias")]
-    [InlineData("post-norm")]
+    [MemberData(nameof(TestModels.LayoutNames), MemberType = typeof(TestModels))]
     public void ReferenceVit_matches_libtorch(string layout)
     {
         foreach (int channels in new[] { 1, 3 })
@@ -43,7 +27,7 @@ public class LayoutTests
             var weights = TestModels.RandomWeights(config, seed: 3 + channels);
             var images = TestModels.RandomImages(config, 8, seed: 11).Normalized(0, 8, config);
             var reference = new ReferenceVit(weights).Forward(images, 8);
-            var torchLogits = TorchLogits(weights, images, 8);
+            var torchLogits = TestModels.TorchLogits(weights, images, 8);
             float error = MaxDifference(torchLogits, reference);
             Assert.True(error <= 1e-4f, $"{layout}, {channels} channels: max |logit difference| {error}");
             // the layout's own parts change the output (so the comparison is not blind to them)
@@ -69,7 +53,7 @@ public class LayoutTests
             (weights.Config.QkvBias, weights.Config.LayerScale, weights.Config.RelPosBias, weights.Config.AbsPosEmbed, weights.Config.Pooling));
         var test = Data.FashionMnist.Load(Data.Split.Test).Take(64);
         var images = test.Normalized(0, 64, weights.Config);
-        float error = MaxDifference(TorchLogits(weights, images, 64), new ReferenceVit(weights).Forward(images, 64));
+        float error = MaxDifference(TestModels.TorchLogits(weights, images, 64), new ReferenceVit(weights).Forward(images, 64));
         Assert.True(error <= 1e-4f, $"max |logit difference| {error}");
     }
 
@@ -92,11 +76,7 @@ public class LayoutTests
     }
 
     [Theory]
-    [InlineData("vit")]
-    [InlineData("eva")]
-    [InlineData("beit-shared")]
-    [InlineData("no-qkv-bias")]
-    [InlineData("post-norm")]
+    [MemberData(nameof(TestModels.LayoutNames), MemberType = typeof(TestModels))]
     public void Imports_a_checkpoint_written_with_the_layouts_tensor_names(string layout)
     {
         var config = TestModels.TinyLayout(layout);

@@ -12,14 +12,7 @@ public class ReferenceVitTests
     static float MaxLogitDifference(VitWeights weights, float[] images, int count)
     {
         var reference = new ReferenceVit(weights).Forward(images, count);
-        using var torchVit = new TorchVit(weights.Config);
-        torchVit.LoadWeights(weights);
-        torchVit.eval();
-        using var _ = no_grad();
-        var c = weights.Config;
-        using var input = tensor(images, [count, c.InChannels, c.ImageSize, c.ImageSize]);
-        using var logits = torchVit.forward(input);
-        var expected = logits.data<float>().ToArray();
+        var expected = TestModels.TorchLogits(weights, images, count);
         Assert.Equal(expected.Length, reference.Length);
         return expected.Zip(reference, (a, b) => MathF.Abs(a - b)).Max();
     }

@@ -1,6 +1,9 @@
 using Ecmt.Engine.Conversion;
 using Ecmt.Engine.Data;
 using Ecmt.Engine.Model;
+using Ecmt.Kernels;
+using Ecmt.Torch;
+using static TorchSharp.torch;
 
 namespace Ecmt.Engine.Tests;
 
@@ -15,6 +18,33 @@ static class TestModels
         NumClasses = 3, ClassNames = ["a", "b", "c"],
         Mean = Enumerable.Repeat(0.5f, channels).ToArray(), Std = Enumerable.Repeat(0.25f, channels).ToArray(),
     };
+
+    /// <summary>The backend of that name; the test skips when its device is absent here.</summary>
+    public static ISpikingBackend BackendOrSkip(string name)
+    {
+        try
+        {
+            return Backends.Create(Backends.Parse(name));
+        }
+        catch (BackendUnavailableException e)
+        {
+            Assert.Skip($"{name} is not available here: {e.Message}");
+            throw;
+        }
+    }
+
+    /// <summary>libtorch's logits (count, classes) for the weights on images (count, C, H, W).</summary>
+    public static float[] TorchLogits(VitWeights weights, float[] images, int count)
+    {
+        using var torchVit = new TorchVit(weights.Config);
+        torchVit.LoadWeights(weights);
+        torchVit.eval();
+        using var _ = no_grad();
+        var c = weights.Config;
+        using var input = tensor(images, [count, c.InChannels, c.ImageSize, c.ImageSize]);
+        using var logits = torchVit.forward(input);
+        return logits.data<float>().ToArray();
+    }
 
     /// <summary>
     /// Tiny models of every layout the engine takes (names used by the per-layout tests): timm's plain ViT; EVA (q/v
@@ -37,6 +67,9 @@ static class TestModels
             Pooling = Pooling.Mean, MlpHidden = 40,
         },
     };
+
+    /// <summary>The names of <see cref="Layouts"/>, one theory case each.</summary>
+    public static TheoryData<string> LayoutNames => [.. Layouts.Keys];
 
     /// <summary>A tiny model of a layout: 8×8 images, patch 2 (a 4×4 grid, N = 17), D = 16, 2 heads.</summary>
     public static VitConfig TinyLayout(string layout, int depth = 2, int channels = 1) =>
