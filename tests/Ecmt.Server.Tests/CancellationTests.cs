@@ -1,6 +1,11 @@
 using Ecmt.Protos.V1;
 using Grpc.Core;
+using System.Diagnostics.Metrics;
+using System.Net;
+using System.Net.Http.Headers;
 using System.Net.Sockets;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Grpc.Net.Client;
 
 namespace Ecmt.Server.Tests;
@@ -109,5 +114,75 @@ public sealed class CancellationTests
         // And the server goes on serving.
         var updates = await host.Client.RunAsync(Requests.Tensor(TestModels.Tiny, maxSteps: 2));
         Assert.Equal(2, updates.Count);
+    }
+
+    [Fact]
+    public async Task A_client_that_resets_its_stream_before_the_request_arrives_is_a_cancel_not_an_error()
+    {
+        await using var host = await Start(kestrel: true);
+        var factory = host.App.Services.GetRequiredService<IMeterFactory>();
+        var codes = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Scope == factory && instrument.Name == "ecmt.rpc.errors") l.EnableMeasurementEvents(instrument);
+        };
+        listener.SetMeasurementEventCallback<long>((_, _, tags, _) =>
+        {
+            foreach (var tag in tags) if (tag.Key == "code") codes.Enqueue((string)tag.Value!);
+        });
+        listener.Start();
+        int logged = host.Logs.Entries.Count;
+
+        // Raw HTTP/2: the headers and two bytes of the message's five-byte prefix, then the client cancels (RST_STREAM).
+        using var http = new HttpClient(new SocketsHttpHandler());
+        var body = new StalledContent();
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(host.Address, "/ecmt.v1.Classifier/Classify"))
+        {
+            Version = HttpVersion.Version20,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = body,
+        };
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+        request.Headers.Add("grpc-timeout", "20S");
+        request.Headers.TE.Add(new TransferCodingWithQualityHeaderValue("trailers"));
+        using var cts = new CancellationTokenSource();
+        var send = http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cts.Token);
+        await body.Started.WaitAsync(TimeSpan.FromSeconds(30));
+        await Task.Delay(200);
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => send);
+
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (codes.IsEmpty && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.Equal(["CANCELLED"], codes.ToArray());
+        Assert.DoesNotContain(host.Logs.Entries.Skip(logged), e => e.Level >= LogLevel.Error);
+
+        // And the server goes on serving.
+        var updates = await host.Client.RunAsync(Requests.Tensor(TestModels.Tiny, maxSteps: 2));
+        Assert.Equal(2, updates.Count);
+    }
+
+    /// <summary>A request body that sends the first two bytes of a gRPC message prefix and then waits to be cancelled.</summary>
+    sealed class StalledContent : HttpContent
+    {
+        readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public Task Started => _started.Task;
+
+        protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context) => SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+        {
+            await stream.WriteAsync(new byte[] { 0, 0 }, cancellationToken);
+            await stream.FlushAsync(cancellationToken);
+            _started.TrySetResult();
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+        }
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = 0;
+            return false;
+        }
     }
 }

@@ -21,9 +21,10 @@ namespace Ecmt.Server.Tests;
 /// </summary>
 sealed class ServerHost : IAsyncDisposable
 {
-    ServerHost(WebApplication app, GrpcChannel channel, Uri address, Uri? httpAddress)
+    ServerHost(WebApplication app, GrpcChannel channel, Uri address, Uri? httpAddress, LogCapture logs)
     {
         App = app;
+        Logs = logs;
         Channel = channel;
         Address = address;
         HttpAddress = httpAddress;
@@ -38,6 +39,8 @@ sealed class ServerHost : IAsyncDisposable
     public Uri? HttpAddress { get; }
     public Classifier.ClassifierClient Client { get; }
     public GRPCInferenceService.GRPCInferenceServiceClient Inference { get; }
+    /// <summary>Every entry the server logged at Warning or above.</summary>
+    public LogCapture Logs { get; }
     public ModelHost Models => App.Services.GetRequiredService<ModelHost>();
     public HostedModel Model(string name) => Models.Find(name)!;
 
@@ -76,6 +79,8 @@ sealed class ServerHost : IAsyncDisposable
         foreach (var (key, value) in settings) overrides[key] = value;
         builder.Configuration.AddInMemoryCollection(overrides);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        var logs = new LogCapture();
+        builder.Logging.AddProvider(logs);
         if (!kestrel) builder.WebHost.UseTestServer();
         var app = ServerApp.Build(builder);
         await app.StartAsync();
@@ -96,7 +101,7 @@ sealed class ServerHost : IAsyncDisposable
             channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { HttpHandler = server.CreateHandler(), MaxSendMessageSize = null });
         }
         int httpPort = int.Parse(overrides["Ecmt:HttpPort"]!);
-        var host = new ServerHost(app, channel, address, kestrel && httpPort > 0 ? new Uri($"http://127.0.0.1:{httpPort}/") : null);
+        var host = new ServerHost(app, channel, address, kestrel && httpPort > 0 ? new Uri($"http://127.0.0.1:{httpPort}/") : null, logs);
         var deadline = DateTime.UtcNow.AddSeconds(60);
         while (!host.Models.LoadingFinished)
         {
@@ -114,5 +119,27 @@ sealed class ServerHost : IAsyncDisposable
         Channel.Dispose();
         await App.StopAsync();
         await App.DisposeAsync();
+    }
+}
+
+/// <summary>Keeps what the server logs, so a test can say which events were errors.</summary>
+sealed class LogCapture : ILoggerProvider
+{
+    readonly System.Collections.Concurrent.ConcurrentQueue<(string Category, LogLevel Level, string Message, Exception? Exception)> _entries = new();
+
+    public IReadOnlyList<(string Category, LogLevel Level, string Message, Exception? Exception)> Entries => [.. _entries];
+
+    public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+
+    public void Dispose() { }
+
+    sealed class Logger(LogCapture owner, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Warning;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (IsEnabled(logLevel)) owner._entries.Enqueue((category, logLevel, formatter(state, exception), exception));
+        }
     }
 }
