@@ -44,6 +44,15 @@ public interface ISpikingBackend : IDisposable
     void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination);
     /// <summary>spikes (B), sops (B): the counters' totals.</summary>
     void ReadCounters(StepCounters counters, Span<long> spikes, Span<long> sops);
+    /// <summary>
+    /// What a step hands the host, read at once: the logits (as <see cref="Download"/>) and the counters (as
+    /// <see cref="ReadCounters"/>). A device backend makes this one transfer per step, whatever the batch.
+    /// </summary>
+    void ReadStep(DeviceTensor logits, StepCounters counters, Span<float> logitsOut, Span<long> spikes, Span<long> sops)
+    {
+        Download(logits, logitsOut);
+        ReadCounters(counters, spikes, sops);
+    }
 
     /// <summary>Zeroes a tensor (membranes and EC sums start at zero for every new image).</summary>
     void Clear(DeviceTensor tensor);

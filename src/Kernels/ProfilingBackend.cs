@@ -65,6 +65,8 @@ public sealed class ProfilingBackend(ISpikingBackend inner) : ISpikingBackend
     public void DownloadCodes(SpikeTensor source, Span<sbyte> destination) => Inner.DownloadCodes(source, destination);
     public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination) => Inner.UploadCodes(source, destination);
     public void ReadCounters(StepCounters counters, Span<long> spikes, Span<long> sops) => Inner.ReadCounters(counters, spikes, sops);
+    public void ReadStep(DeviceTensor logits, StepCounters counters, Span<float> logitsOut, Span<long> spikes, Span<long> sops) =>
+        Inner.ReadStep(logits, counters, logitsOut, spikes, sops);
 
     public void Clear(DeviceTensor tensor) => Time("Clear", () => Inner.Clear(tensor), elements: tensor.Length);
     public void Clear(StepCounters counters) => Inner.Clear(counters);

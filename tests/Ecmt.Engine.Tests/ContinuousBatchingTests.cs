@@ -83,4 +83,34 @@ public class ContinuousBatchingTests
         }
         Assert.Equal(stepsWanted, done);
     }
+
+    /// <summary>
+    /// A step on an ILGPU device hands the host its logits and counters in one transfer, at any batch (the staggered
+    /// test above holds the values read that way to the reference's).
+    /// </summary>
+    [Theory]
+    [InlineData("cpu")]
+    [InlineData("cpu-cuda-shape")]
+    [InlineData("cuda")]
+    [InlineData("opencl")]
+    public void An_ilgpu_step_reads_from_the_device_once_whatever_the_batch(string backendName)
+    {
+        using var backend = TestModels.BackendOrSkip(backendName);
+        var ilgpu = Assert.IsType<Kernels.Ilgpu.IlgpuBackend>(backend);
+        var model = new SpikingModel(TestModels.TinyConverted(ConversionSettings.Calibrated(ThresholdGranularity.PerChannel)));
+        foreach (int batch in new[] { 1, 4 })
+        {
+            var pixels = TestModels.RandomImages(model.Config, batch, 3).Normalized(0, batch, model.Config);
+            using var session = new SpikingSession(model, backend, batch);
+            session.Reset(pixels);
+            for (int step = 1; step <= 3; step++)
+            {
+                long before = ilgpu.HostReads;
+                var output = session.Next();
+                Assert.Equal(1, ilgpu.HostReads - before);
+                Assert.All(output.Sops, sops => Assert.True(sops > 0));
+                Assert.All(output.AccumulatedLogits, v => Assert.True(float.IsFinite(v)));
+            }
+        }
+    }
 }

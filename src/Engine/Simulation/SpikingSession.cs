@@ -346,8 +346,7 @@ public sealed class SpikingSession : IDisposable
         be.Linear(fr.ClsNorm, _model.Head, fr.Logits);
 
         int classes = c.NumClasses;
-        be.Download(fr.Logits, _logitsHost.AsSpan(0, count * classes));
-        be.ReadCounters(_counters, _stepSpikes, _stepSops);
+        be.ReadStep(fr.Logits, _counters, _logitsHost.AsSpan(0, count * classes), _stepSpikes, _stepSops);
         var output = new StepOutput(_steps.AsSpan(0, count).ToArray(), classes, _model.DenseOperationsPerStep);
         for (int i = 0; i < count * classes; i++) _accumulated[i] += _logitsHost[i];
         _accumulated.AsSpan(0, count * classes).CopyTo(output.AccumulatedLogits);

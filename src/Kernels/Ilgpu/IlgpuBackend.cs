@@ -10,7 +10,7 @@ namespace Ecmt.Kernels.Ilgpu;
 /// instances may run concurrently on different threads, each used by one thread at a time.
 /// <para>
 /// Work is queued on the instance's stream; nothing waits for the device except the calls that return data
-/// (<see cref="Download"/>, <see cref="DownloadCodes"/>, <see cref="ReadCounters"/>), uploads, and <see cref="Synchronize"/>.
+/// (<see cref="ReadStep"/>, one transfer per step, and <see cref="Download"/>, <see cref="DownloadCodes"/>, <see cref="ReadCounters"/>), uploads, and <see cref="Synchronize"/>.
 /// </para>
 /// <para>
 /// Spike-driven products choose between an event-driven and a dense kernel by the density of their input, measured by
@@ -35,6 +35,9 @@ public sealed class IlgpuBackend : ISpikingBackend
     // Scratch, grown on demand: per-column counts of the SOP kernels (zero between calls) and the event lists.
     MemoryBuffer1D<int, Stride1D.Dense>? _columns, _eventIndex, _eventCount;
     MemoryBuffer1D<float, Stride1D.Dense>? _eventValue;
+    // Scratch for ReadStep: counters and logits packed for one transfer, and its host copy.
+    MemoryBuffer1D<int, Stride1D.Dense>? _readout;
+    int[] _readoutHost = [];
     bool _disposed;
 
     /// <summary>
@@ -59,6 +62,9 @@ public sealed class IlgpuBackend : ISpikingBackend
     public string Name => _device.Name;
     public double EventDrivenMaxDensity { get; }
     internal IlgpuDevice Device => _device;
+
+    /// <summary>Transfers from the device to the host since this instance was made (a step makes one: <see cref="ReadStep"/>).</summary>
+    public long HostReads { get; private set; }
 
     /// <summary>How many spike-driven products ran event-driven and dense since this instance was made (waits for the stream).</summary>
     public (long EventDriven, long Dense) SpikeLinearPaths()
@@ -269,6 +275,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         var t = Own(source);
         SameLength(t.Length, destination.Length, "download");
         t.View.CopyToCPU(_stream, destination);
+        HostReads++;
     }
 
     public void DownloadCodes(SpikeTensor source, Span<sbyte> destination)
@@ -277,6 +284,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         var s = Own(source);
         SameLength(s.Length, destination.Length, "download of spike codes");
         s.Codes.CopyToCPU(_stream, destination);
+        HostReads++;
     }
 
     public void UploadCodes(ReadOnlySpan<sbyte> source, SpikeTensor destination)
@@ -296,11 +304,37 @@ public sealed class IlgpuBackend : ISpikingBackend
         var c = Own(counters);
         var totals = new long[2 * c.Images];
         c.Buffer.View.CopyToCPU(_stream, totals);
+        HostReads++;
         for (int b = 0; b < c.Images; b++)
         {
             spikes[b] = totals[2 * b];
             sops[b] = totals[2 * b + 1];
         }
+    }
+
+    public void ReadStep(DeviceTensor logits, StepCounters counters, Span<float> logitsOut, Span<long> spikes, Span<long> sops)
+    {
+        Bind();
+        Tensor l = Own(logits);
+        Counters c = Own(counters);
+        SameLength(l.Length, logitsOut.Length, "download");
+        int counterInts = 4 * c.Images, n = CheckedLength(counterInts + l.Length);
+        if (_readout is null || _readout.Length < n)
+        {
+            _readout?.Dispose();
+            _readout = _device.Accelerator.Allocate1D<int>(n);
+            _readoutHost = new int[n];
+        }
+        _device.Kernels.PackReadout(_stream, _device.Elements(n), c.Buffer.View, l.View, _readout.View, counterInts, n);
+        _readout.View.SubView(0, n).CopyToCPU(_stream, _readoutHost.AsSpan(0, n));
+        HostReads++;
+        var totals = System.Runtime.InteropServices.MemoryMarshal.Cast<int, long>(_readoutHost.AsSpan(0, counterInts));
+        for (int b = 0; b < c.Images; b++)
+        {
+            spikes[b] = totals[2 * b];
+            sops[b] = totals[2 * b + 1];
+        }
+        System.Runtime.InteropServices.MemoryMarshal.Cast<int, float>(_readoutHost.AsSpan(counterInts, (int)l.Length)).CopyTo(logitsOut);
     }
 
     public void Clear(DeviceTensor tensor)
@@ -568,7 +602,7 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Bind();
         _stream.Synchronize();
         _paths.Dispose();
-        foreach (var scratch in new MemoryBuffer?[] { _columns, _eventIndex, _eventValue, _eventCount }) scratch?.Dispose();
+        foreach (var scratch in new MemoryBuffer?[] { _columns, _eventIndex, _eventValue, _eventCount, _readout }) scratch?.Dispose();
         _stream.Dispose();
         _disposed = true;
     }

@@ -13,6 +13,7 @@ sealed class KernelSet
     public KernelSet(Accelerator accelerator)
     {
         Add = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(StepKernels.Add);
+        PackReadout = accelerator.LoadKernel<ArrayView<long>, ArrayView<float>, ArrayView<int>, int, int>(StepKernels.PackReadout);
         SelectToken = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int>(StepKernels.SelectToken);
         AddBroadcast = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int>(StepKernels.AddBroadcast);
         MeanTokens = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, int>(StepKernels.MeanTokens);
@@ -35,6 +36,7 @@ sealed class KernelSet
 
     // Launchers: (stream, launch shape, kernel parameters…).
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int> Add { get; }
+    public Action<AcceleratorStream, KernelConfig, ArrayView<long>, ArrayView<float>, ArrayView<int>, int, int> PackReadout { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int> SelectToken { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int> AddBroadcast { get; }
     public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, int> MeanTokens { get; }
@@ -58,6 +60,7 @@ sealed class KernelSet
     public static IReadOnlyList<MethodInfo> EntryPoints { get; } =
     [
         Method(typeof(StepKernels), nameof(StepKernels.Add)),
+        Method(typeof(StepKernels), nameof(StepKernels.PackReadout)),
         Method(typeof(StepKernels), nameof(StepKernels.SelectToken)),
         Method(typeof(StepKernels), nameof(StepKernels.AddBroadcast)),
         Method(typeof(StepKernels), nameof(StepKernels.MeanTokens)),

@@ -61,6 +61,26 @@ static class StepKernels
     /// <summary>Elements one thread handles per work item of <see cref="Fire"/>.</summary>
     public const int FireElementsPerThread = 4;
 
+    /// <summary>
+    /// What a step hands the host, in one int buffer for one transfer: the counters (B, 2) as (low, high) int pairs,
+    /// then the logits' float bits. readout has 4·counters.Length/2 + logits.Length entries.
+    /// </summary>
+    public static void PackReadout(ArrayView<long> counters, ArrayView<float> logits, ArrayView<int> readout, int counterInts, int n)
+    {
+        for (int i = Grid.GlobalIndex.X; i < n; i += Grid.DimX * Group.DimX)
+        {
+            if (i < counterInts)
+            {
+                long c = counters[i >> 1];
+                readout[i] = (i & 1) == 0 ? (int)c : (int)(c >> 32);
+            }
+            else
+            {
+                readout[i] = (int)Interop.FloatAsInt(logits[i - counterInts]);
+            }
+        }
+    }
+
     /// <summary>x (n) += y (n). Thread i handles i, i + stride, …: consecutive threads, consecutive addresses.</summary>
     public static void Add(ArrayView<float> x, ArrayView<float> y, int n)
     {
