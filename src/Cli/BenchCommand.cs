@@ -34,11 +34,12 @@ static class BenchCommand
         var profile = new Option<bool>("--profile") { Description = "Also time every backend operation over the measured steps (adds \"profile\" to the JSON)" };
         var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, OpenBLAS and the fast CPU loops (default: every core)" };
         var check = new Option<bool>("--check-reference") { Description = "Also run the same images and steps on the reference backend and report how far the outputs are apart" };
+        var save = new Option<string?>("--save") { Description = "Also write the converted model to this folder (a NAME-random model, for a server to host: ecmt-server --models its parent)" };
         var calibrationImages = new Option<int>("--random-calibration-images") { Description = "Random images that calibrate a NAME-random model", DefaultValueFactory = _ => 4 };
         var command = new Command("bench",
             $"Time one SNN step against libtorch's ANN forward of the same ViT; prints one JSON object. --model DIR or a named shape with random weights calibrated on random images: {string.Join(", ", RandomModels)}.")
         {
-            batch, steps, warmup, repeats, backend, profile, threads, check, calibrationImages,
+            batch, steps, warmup, repeats, backend, profile, threads, check, calibrationImages, save,
         };
         foreach (var option in conversion.All) command.Options.Add(option);
         command.SetAction(parse =>
@@ -50,6 +51,11 @@ static class BenchCommand
             ArgumentOutOfRangeException.ThrowIfLessThan(rounds, 1, "--repeats");
 
             var (converted, modelName, images) = LoadModel(parse, conversion, b, parse.GetValue(calibrationImages));
+            if (parse.GetValue(save) is string saveTo)
+            {
+                converted.Save(saveTo);
+                Console.Error.WriteLine($"wrote {modelName} to {saveTo}");
+            }
             var config = converted.Config;
             var model = new SpikingModel(converted);
             var kind = Backends.Parse(parse.GetValue(backend));
