@@ -32,7 +32,7 @@ static class BenchServerCommand
                 + "refusals not waited on; reports how many it got admitted and refused per second while the measured streams (--api-key) run",
         };
         var floodConcurrency = new Option<int>("--flood-concurrency") { Description = "Loops of the --flood-key caller", DefaultValueFactory = _ => 8 };
-        var cancelFraction = new Option<double>("--cancel-fraction") { Description = "Fraction of calls the client cancels after a random 1–1000 ms (a soak of cancels and deadlines)", DefaultValueFactory = _ => 0 };
+        var cancelFraction = new Option<double>("--cancel-fraction") { Description = "Fraction of calls cut after a random 1–1000 ms, half by a client cancel and half by a deadline (a soak)", DefaultValueFactory = _ => 0 };
         var command = new Command("bench-server", "Load-test a running ecmt-server: C concurrent Classify streams for S seconds; throughput, latency percentiles, steps used, errors by status.")
         {
             concurrency, duration, warmup, images, count, floodKey, floodConcurrency, cancelFraction,
@@ -68,7 +68,7 @@ static class BenchServerCommand
         readonly List<double> _firstMs = [], _lastMs = [], _gapMs = [];
         readonly Dictionary<string, int> _errors = new(StringComparer.Ordinal);
         long _imageSteps, _steps;
-        int _cutOff, _retries, _cancelled;
+        int _cutOff, _retries, _cancelled, _deadlines;
 
         public long ImageSteps => Interlocked.Read(ref _imageSteps);
         public int Images { get { lock (_lock) return _lastMs.Count; } }
@@ -87,6 +87,8 @@ static class BenchServerCommand
         public void Cut() => Interlocked.Increment(ref _cutOff);
         public void Cancelled() => Interlocked.Increment(ref _cancelled);
         public int CancelledCalls => Volatile.Read(ref _cancelled);
+        public void Deadline() => Interlocked.Increment(ref _deadlines);
+        public int DeadlineCalls => Volatile.Read(ref _deadlines);
 
         public void Completed(TimeSpan first, TimeSpan last, int steps)
         {
@@ -207,12 +209,16 @@ static class BenchServerCommand
                 var input = inputs[(int)((uint)Interlocked.Increment(ref next) % (uint)inputs.Length)];
                 bool measured = clock.Elapsed >= warmup;
                 StepUpdate? first = null, last = null;
-                using var cancel = settings.CancelFraction > 0 && Random.Shared.NextDouble() < settings.CancelFraction
-                    ? CancellationTokenSource.CreateLinkedTokenSource(window.Token) : null;
+                // Of the calls chosen by --cancel-fraction, half are cancelled by the client and half carry a deadline,
+                // each after a random 1–1000 ms.
+                bool cut = settings.CancelFraction > 0 && Random.Shared.NextDouble() < settings.CancelFraction;
+                bool byDeadline = cut && Random.Shared.Next(2) == 0;
+                using var cancel = cut && !byDeadline ? CancellationTokenSource.CreateLinkedTokenSource(window.Token) : null;
                 cancel?.CancelAfter(Random.Shared.Next(1, 1001));
+                var callOptions = byDeadline ? options with { Timeout = TimeSpan.FromMilliseconds(Random.Shared.Next(1, 1001)) } : options;
                 try
                 {
-                    await foreach (var update in client.ClassifyAsync(model.Name, input, options, cancel?.Token ?? window.Token))
+                    await foreach (var update in client.ClassifyAsync(model.Name, input, callOptions, cancel?.Token ?? window.Token))
                     {
                         first ??= update;
                         var previous = last;
@@ -235,6 +241,10 @@ static class BenchServerCommand
                 catch (Exception e) when (cancel is { IsCancellationRequested: true } && e is OperationCanceledException or EcmtRpcException { Code: "CANCELLED" })
                 {
                     if (measured) tally.Cancelled();
+                }
+                catch (EcmtRpcException e) when (byDeadline && e.Code == "DEADLINE_EXCEEDED")
+                {
+                    if (measured) tally.Deadline();
                 }
                 catch (EcmtRpcException e)
                 {
@@ -321,6 +331,7 @@ static class BenchServerCommand
             ["step_latency_ms"] = Percentiles(tally.Gaps()),
             ["cut_off"] = tally.CutOff,
             ["cancelled_by_client"] = tally.CancelledCalls,
+            ["deadline_exceeded"] = tally.DeadlineCalls,
             ["retries"] = tally.Retries,
             ["errors"] = errorJson,
             ["error_count"] = errors.Values.Sum(),
