@@ -66,7 +66,8 @@ static class TrainCommand
                 command = "dotnet run --project src/Cli -c Release -- " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
                 options,
                 seconds = Math.Round(clock.Elapsed.TotalSeconds),
-                threads = Environment.ProcessorCount,
+                threads = parse.GetValue(threads) ?? Environment.ProcessorCount,
+                cores = Environment.ProcessorCount,
                 holdout_top1 = epochsLog[^1].HoldoutTop1,
                 epochs = epochsLog,
             };
