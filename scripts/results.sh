@@ -7,6 +7,7 @@
 #   scripts/results.sh validation   # only the runs that choose the conversion (then: ecmt convert with the best)
 #   scripts/results.sh ablation     # only the ablation of the first steps (validation images)
 #   scripts/results.sh test         # only the test-set runs and the charts
+#   scripts/results.sh eva          # only the EVA-layout model's test-set run
 #   scripts/results.sh tables       # only re-render the tables (and charts) from the JSON already there
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,12 +67,14 @@ if [[ "$stage" == all || "$stage" == test ]]; then
   # The paper's neuron (the conversion shipped before; no temperatures), for comparison.
   ecmt eval --steps 32 --backend "$backend" --preset reference --thresholds per-channel "${paper[@]}" \
     --stop-at 0.5 0.7 0.9 --stable-steps 0 1 2 > "$out/test-paper.json"
-  # The EVA-layout model (models/fmnist-eva, converted with the same recipe), its table beside the ViT's.
-  ecmt eval --model models/fmnist-eva --steps 32 --backend "$backend" > "$out/test-eva.json"
   # The readable reference backend against the fast one on the same first test images (1,000 by default).
   cross="${ECMT_CROSS_CHECK_IMAGES:-1000}"
   ecmt eval --steps 32 --backend reference --limit "$cross" > "$out/cross-check-reference.json"
   ecmt eval --steps 32 --backend "$backend" --limit "$cross" > "$out/cross-check-$backend.json"
+fi
+if [[ "$stage" == all || "$stage" == test || "$stage" == eva ]]; then
+  # The EVA-layout model (models/fmnist-eva, converted with the same recipe), its table beside the ViT's.
+  ecmt eval --model models/fmnist-eva --steps 32 --backend "$backend" > "$out/test-eva.json"
 fi
 /usr/bin/python3 scripts/results_tables.py "$out"
 if [[ -f "$out/test-default.json" ]]; then
