@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -305,7 +306,12 @@ public sealed class IlgpuBackend : ISpikingBackend
         var totals = new long[2 * c.Images];
         c.Buffer.View.CopyToCPU(_stream, totals);
         HostReads++;
-        for (int b = 0; b < c.Images; b++)
+        SplitCounters(totals, c.Images, spikes, sops);
+    }
+
+    static void SplitCounters(ReadOnlySpan<long> totals, int images, Span<long> spikes, Span<long> sops)
+    {
+        for (int b = 0; b < images; b++)
         {
             spikes[b] = totals[2 * b];
             sops[b] = totals[2 * b + 1];
@@ -328,13 +334,9 @@ public sealed class IlgpuBackend : ISpikingBackend
         _device.Kernels.PackReadout(_stream, _device.Elements(n), c.Buffer.View, l.View, _readout.View, counterInts, n);
         _readout.View.SubView(0, n).CopyToCPU(_stream, _readoutHost.AsSpan(0, n));
         HostReads++;
-        var totals = System.Runtime.InteropServices.MemoryMarshal.Cast<int, long>(_readoutHost.AsSpan(0, counterInts));
-        for (int b = 0; b < c.Images; b++)
-        {
-            spikes[b] = totals[2 * b];
-            sops[b] = totals[2 * b + 1];
-        }
-        System.Runtime.InteropServices.MemoryMarshal.Cast<int, float>(_readoutHost.AsSpan(counterInts, (int)l.Length)).CopyTo(logitsOut);
+        // (low, high) int pairs read back as longs: little-endian hosts (x86-64, ARM64), as .NET runs on.
+        SplitCounters(MemoryMarshal.Cast<int, long>(_readoutHost.AsSpan(0, counterInts)), c.Images, spikes, sops);
+        MemoryMarshal.Cast<int, float>(_readoutHost.AsSpan(counterInts, (int)l.Length)).CopyTo(logitsOut);
     }
 
     public void Clear(DeviceTensor tensor)
