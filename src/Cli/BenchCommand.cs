@@ -62,9 +62,8 @@ static class BenchCommand
             bool profiling = parse.GetValue(profile);
             int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
             ArgumentOutOfRangeException.ThrowIfLessThan(threadCount, 1, "--threads");
+            CheckBackendCommand.SetOpenBlasThreads(threadCount);
             ISpikingBackend chosen = Backends.Create(kind);
-            // fastcpu splits its products over its own threads (OpenBLAS single-threaded beside them); the others use OpenBLAS's.
-            CheckBackendCommand.SetOpenBlasThreads(chosen is Kernels.Cpu.FastCpuBackend ? 1 : threadCount);
             if (chosen is Kernels.Cpu.FastCpuBackend fast) fast.Threads = threadCount;
             var profiler = profiling ? new ProfilingBackend(chosen) : null;
             using var spiking = profiler ?? chosen;

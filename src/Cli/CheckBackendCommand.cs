@@ -43,8 +43,7 @@ static class CheckBackendCommand
         {
             var kind = Backends.Parse(parse.GetValue(backend));
             int threadCount = parse.GetValue(threads) ?? Environment.ProcessorCount;
-            // fastcpu splits its products over its own threads (OpenBLAS single-threaded beside them); the others use OpenBLAS's.
-            SetOpenBlasThreads(kind == BackendKind.FastCpu ? 1 : threadCount);
+            SetOpenBlasThreads(threadCount);
             var report = new JsonObject { ["backend_requested"] = Backends.NameOf(kind) };
             var clock = Stopwatch.StartNew();
             ISpikingBackend Create()

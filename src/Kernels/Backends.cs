@@ -65,16 +65,24 @@ public static class Backends
     /// </summary>
     /// <remarks>
     /// May be called many times in one process (one backend per concurrent session); the ILGPU kinds share one
-    /// accelerator and the model's uploaded layers, and each instance has its own stream and tensors.
+    /// accelerator and the model's uploaded layers, and each instance has its own stream and tensors. Creating a fastcpu
+    /// backend makes OpenBLAS single-threaded for the process: fastcpu splits its products over its own threads, and
+    /// OpenBLAS threads beside them would compete for the same cores (docs/benchmarks.md, "Continuous batching").
     /// </remarks>
     public static ISpikingBackend Create(BackendKind kind) => kind switch
     {
         BackendKind.Reference => new ReferenceBackend(),
-        BackendKind.FastCpu => new FastCpuBackend(),
+        BackendKind.FastCpu => CreateFastCpu(),
         BackendKind.Cuda or BackendKind.OpenCL or BackendKind.Cpu or BackendKind.CpuCudaShape => new IlgpuBackend(kind),
         BackendKind.Auto => CreateAuto(() => new IlgpuBackend(BackendKind.Cuda)),
         _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "unknown backend"),
     };
+
+    static FastCpuBackend CreateFastCpu()
+    {
+        OpenBlas.Threads = 1;
+        return new FastCpuBackend();
+    }
 
     /// <summary>
     /// Whether <paramref name="error"/>, thrown by a backend operation, is a fault of the device (a broken device, or any
@@ -101,14 +109,14 @@ public static class Backends
         }
         catch (BackendUnavailableException)
         {
-            return new FastCpuBackend();
+            return CreateFastCpu();
         }
         catch (BackendFaultException e)
         {
             bool first = AutoFallbackReason is null;
             AutoFallbackReason = e.Message;
             if (first) AutoFellBack?.Invoke(e.Message);
-            return new FastCpuBackend();
+            return CreateFastCpu();
         }
     }
 }

@@ -71,12 +71,7 @@ sealed class StepScheduler : IDisposable
         _metrics = metrics;
         _completed = completed;
         _stepped = stepped;
-        if (backend is Kernels.Cpu.FastCpuBackend fast)
-        {
-            // The backend splits its products over its own threads; OpenBLAS threads beside them would compete for the cores.
-            fast.Threads = Math.Max(1, options.Threads);
-            Kernels.Cpu.OpenBlas.Threads = 1;
-        }
+        if (backend is Kernels.Cpu.FastCpuBackend fast) fast.Threads = Math.Max(1, options.Threads);
         // State per image is known from the model's shape before any tensor is allocated.
         using (var probe = new SpikingSession(model, new Kernels.Reference.ReferenceBackend(), 1))
             _stateBytesPerImage = probe.StateFloatsPerImage * sizeof(float);

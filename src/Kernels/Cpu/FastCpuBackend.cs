@@ -67,8 +67,8 @@ public sealed unsafe class FastCpuBackend : ISpikingBackend
 
     /// <summary>
     /// Threads every operation's loops and products are split over. OpenBLAS has its own, process-wide thread count
-    /// (<see cref="OpenBlas.Threads"/>): set it to 1 where this backend serves, or its threads and these compete for the
-    /// cores (measured: a batch-1 step of the shipped model 30 % slower on 2 cores with OpenBLAS threaded too).
+    /// (<see cref="OpenBlas.Threads"/>), which <see cref="Backends.Create"/> sets to 1: its threads and these would compete
+    /// for the cores (measured: a batch-1 step of the shipped model 30 % slower on 2 cores with OpenBLAS threaded too).
     /// </summary>
     public int Threads { get; set; } = Environment.ProcessorCount;
 
