@@ -32,7 +32,7 @@ static class BenchCommand
         var repeats = new Option<int>("--repeats") { Description = "Images run through all T steps, each after a reset", DefaultValueFactory = _ => 2 };
         var backend = new Option<string>("--backend") { Description = "auto (CUDA when present, else fastcpu), fastcpu, reference, cuda, opencl or cpu", DefaultValueFactory = _ => "auto" };
         var profile = new Option<bool>("--profile") { Description = "Also time every backend operation over the measured steps (adds \"profile\" to the JSON)" };
-        var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, OpenBLAS and the fast CPU loops (default: every core)" };
+        var threads = new Option<int?>("--threads") { Description = "Threads for both sides: libtorch, and the SNN backend (fastcpu splits its loops and products over them, OpenBLAS single-threaded; the reference backend gives them to OpenBLAS) (default: every core)" };
         var check = new Option<bool>("--check-reference") { Description = "Also run the same images and steps on the reference backend and report how far the outputs are apart" };
         var save = new Option<string?>("--save") { Description = "Also write the converted model to this folder (a NAME-random model, for a server to host: ecmt-server --models its parent)" };
         var calibrationImages = new Option<int>("--random-calibration-images") { Description = "Random images that calibrate a NAME-random model", DefaultValueFactory = _ => 4 };

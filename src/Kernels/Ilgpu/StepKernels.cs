@@ -63,7 +63,7 @@ static class StepKernels
 
     /// <summary>
     /// What a step hands the host, in one int buffer for one transfer: the counters (B, 2) as (low, high) int pairs,
-    /// then the logits' float bits. readout has 4·counters.Length/2 + logits.Length entries.
+    /// then the logits' float bits: 2·counters.Length + logits.Length entries.
     /// </summary>
     public static void PackReadout(ArrayView<long> counters, ArrayView<float> logits, ArrayView<int> readout, int counterInts, int n)
     {
