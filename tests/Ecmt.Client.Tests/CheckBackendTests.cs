@@ -11,6 +11,7 @@ namespace Ecmt.Client.Tests;
 /// agreement with the reference on test images, the bench ratio), its refusal of an absent device, and the published
 /// device tool (scripts/device-check.sh) running here on the fast CPU path without libtorch.
 /// </summary>
+[Collection(ProcessWideOpenBlas.Name)]
 public sealed class CheckBackendTests
 {
     static async Task<(int Code, JsonObject Json)> CheckBackend(params string[] args)
@@ -119,4 +120,16 @@ public sealed class CheckBackendTests
         }
         return (process.ExitCode, await stdout + await stderr);
     }
+}
+
+/// <summary>
+/// check-backend runs in this process and sets OpenBLAS's thread count, which is process-wide (`--threads`, and a fastcpu
+/// backend makes it single-threaded). The reference backend's products round differently with another thread count, so a
+/// test elsewhere that compares two runs bit for bit would see the flip if it came between them: this collection runs
+/// alone, never beside another test class.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ProcessWideOpenBlas
+{
+    public const string Name = "process-wide OpenBLAS threads";
 }
